@@ -1,0 +1,78 @@
+"""Shared benchmark plumbing: the machine note, medians, interleaved trials, the JSON line.
+
+Machines here are small and noisy (2 cores, shared): every figure is a ratio against a
+baseline measured in the same run, trials alternate between the two so drift hits both,
+and the median of the trials is reported, never one absolute time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+
+
+def quiet_logs() -> None:
+    """Benchmarks print figures, not log lines."""
+    import logging
+
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "machine": platform.machine(),
+        "system": platform.system(),
+    }
+
+
+async def interleaved(
+    trials: int,
+    subject: Callable[[], Awaitable[float]],
+    baseline: Callable[[], Awaitable[float]],
+) -> tuple[float, float]:
+    """Run ``trials`` rounds of (baseline, subject), alternating; return both medians."""
+    ours: list[float] = []
+    theirs: list[float] = []
+    for i in range(trials):
+        if i % 2:
+            ours.append(await subject())
+            theirs.append(await baseline())
+        else:
+            theirs.append(await baseline())
+            ours.append(await subject())
+    return statistics.median(ours), statistics.median(theirs)
+
+
+def figure(
+    name: str, value: float, baseline: float, target: float | None, **extra: Any
+) -> dict[str, Any]:
+    """One figure: ``ratio`` is value / baseline (higher is better for throughputs).
+
+    ``target`` None marks an informational figure with no goal attached.
+    """
+    ratio = value / baseline if baseline else float("nan")
+    return {
+        "name": name,
+        "value": round(value, 3),
+        "baseline": round(baseline, 3),
+        "ratio": round(ratio, 4),
+        "target": target,
+        "met": None if target is None else ratio >= target,
+        **extra,
+    }
+
+
+def emit(figures: list[dict[str, Any]], **context: Any) -> None:
+    """Print the human summary, then the JSON last line."""
+    for f in figures:
+        print(f"{f['name']:<40} value={f['value']:<12} baseline={f['baseline']:<12} "
+              f"ratio={f['ratio']:<8} target>={f['target']}")
+    print(json.dumps({"figures": figures, "machine": machine(), **context}))

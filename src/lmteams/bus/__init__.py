@@ -1,0 +1,86 @@
+"""The bus: a real nats-server, typed messages over it, and the team's JetStream state.
+
+Everything that crosses between agents goes through here; nothing else in lmteams imports
+nats-py.
+"""
+
+from lmteams.bus._cluster import LocalCluster, leaf_node_config, run_cluster
+from lmteams.bus._codec import Codec, ErrorReply, encode, encode_json, type_tag
+from lmteams.bus._connection import (
+    ENV_URL,
+    Bus,
+    BusState,
+    BusStatistics,
+    Handler,
+    Incoming,
+    Subscription,
+    open_bus,
+)
+from lmteams.bus._envelope import JSON, MSGPACK, SCHEMA_VERSION, Envelope, LamportClock, new_id
+from lmteams.bus._jetstream import (
+    KV,
+    KVEntry,
+    PubAck,
+    StreamSettings,
+    ensure_stream,
+    ensure_team_streams,
+    open_kv,
+    publish_durable,
+)
+from lmteams.bus._server import (
+    ClusterConfig,
+    EmbeddedServer,
+    ServerConfig,
+    find_server_binary,
+    free_port,
+    run_server,
+)
+from lmteams.bus._subjects import ParsedSubject, SubjectKind, Subjects, validate_token
+
+__all__ = (
+    # server
+    "ServerConfig",
+    "ClusterConfig",
+    "EmbeddedServer",
+    "run_server",
+    "LocalCluster",
+    "run_cluster",
+    "leaf_node_config",
+    "find_server_binary",
+    "free_port",
+    # connection
+    "open_bus",
+    "Bus",
+    "BusState",
+    "BusStatistics",
+    "Incoming",
+    "Handler",
+    "Subscription",
+    "ENV_URL",
+    # envelope and codec
+    "Envelope",
+    "LamportClock",
+    "new_id",
+    "Codec",
+    "ErrorReply",
+    "encode",
+    "encode_json",
+    "type_tag",
+    "SCHEMA_VERSION",
+    "MSGPACK",
+    "JSON",
+    # subjects
+    "Subjects",
+    "SubjectKind",
+    "ParsedSubject",
+    "validate_token",
+    # jetstream
+    "StreamSettings",
+    "ensure_team_streams",
+    "ensure_stream",
+    "publish_durable",
+    "PubAck",
+    "KV",
+    "KVEntry",
+    "open_kv",
+)

@@ -1,0 +1,480 @@
+"""``open_bus``: a narrow, typed face over nats-py.
+
+nats-py's client exposes dozens of knobs; lmteams code sees publish, subscribe and request
+on msgspec Structs, with the envelope in headers, strict decoding, and NATS errors mapped to
+lmteams errors. The embedded server starts here when no URL is given.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import random
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+from enum import StrEnum
+from typing import Any, Generic, TypeVar
+
+import msgspec
+import nats
+import nats.errors
+import structlog
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription as NatsSubscription
+
+from lmteams.bus._codec import Codec, ErrorReply, encode, encode_json, type_tag
+from lmteams.bus._envelope import (
+    H_CONTENT_TYPE,
+    H_ENVELOPE,
+    H_MSG_ID,
+    JSON,
+    SCHEMA_VERSION,
+    Envelope,
+    LamportClock,
+    new_id,
+)
+from lmteams.bus._fastclient import FastClient
+from lmteams.bus._server import EmbeddedServer, ServerConfig
+from lmteams.errors import (
+    DecodeError,
+    NoRespondersError,
+    NotConnectedError,
+    RemoteError,
+    RequestTimeoutError,
+)
+
+__all__ = (
+    "Bus",
+    "BusState",
+    "BusStatistics",
+    "Incoming",
+    "Handler",
+    "Subscription",
+    "open_bus",
+    "ENV_URL",
+)
+
+log = structlog.get_logger(__name__)
+T = TypeVar("T")
+ENV_URL = "LMTEAMS_NATS_URL"
+_ENVELOPE_FIELDS = 6
+_SCHEMA = str(SCHEMA_VERSION)
+
+
+class BusState(StrEnum):
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    RECONNECTING = "reconnecting"
+    CLOSED = "closed"
+
+
+class BusStatistics(msgspec.Struct, frozen=True, kw_only=True):
+    """A snapshot of one connection's counters."""
+
+    state: BusState
+    server: str
+    published: int
+    received: int
+    requests: int
+    decode_errors: int
+    handler_errors: int
+    disconnects: int
+    reconnects: int
+    clock: int
+
+
+class Incoming(Generic[T]):
+    """One received message: decoded body, envelope, and the means to reply or ack.
+
+    The envelope is parsed on first use: most handlers never read it.
+    """
+
+    __slots__ = ("_bus", "_envelope", "body", "msg")
+
+    def __init__(self, bus: Bus, msg: Msg, body: T) -> None:
+        self._bus = bus
+        self.msg = msg
+        self.body = body
+        self._envelope: Envelope | None = None
+
+    @property
+    def envelope(self) -> Envelope:
+        if self._envelope is None:
+            self._envelope = Envelope.from_headers(self.msg.headers)
+        return self._envelope
+
+    @property
+    def subject(self) -> str:
+        return str(self.msg.subject)
+
+    @property
+    def reply(self) -> str:
+        return str(self.msg.reply)
+
+    async def respond(self, body: msgspec.Struct, *, sender: str | None = None) -> None:
+        """Reply in the caller's encoding (JSON callers get JSON), keeping its trace id."""
+        msg = self.msg
+        if not msg.reply:
+            return
+        headers = msg.headers
+        raw = headers.get(H_ENVELOPE) if headers else None
+        fields = raw.split(" ") if raw else ()
+        trace = fields[4] if len(fields) == _ENVELOPE_FIELDS else None
+        await self._bus.publish(
+            msg.reply, body, sender=sender, trace=trace, json=_is_json(headers, raw)
+        )
+
+
+def _is_json(headers: dict[str, str] | None, envelope: str | None) -> bool:
+    """JSON when the sender says so, or when a plain client sent no lmteams envelope."""
+    if not headers:
+        return True
+    content_type = headers.get(H_CONTENT_TYPE)
+    if content_type is None:
+        return envelope is None
+    return content_type.startswith(JSON)
+
+
+Handler = Callable[[Incoming[Any]], Awaitable[None]]
+DecodeErrorHandler = Callable[[Msg, DecodeError], Awaitable[None]]
+
+
+class Subscription:
+    """A live subscription; ``unsubscribe`` is idempotent."""
+
+    __slots__ = ("_sub", "subject")
+
+    def __init__(self, sub: NatsSubscription, subject: str) -> None:
+        self._sub = sub
+        self.subject = subject
+
+    async def unsubscribe(self) -> None:
+        with contextlib.suppress(nats.errors.BadSubscriptionError, nats.errors.ConnectionClosedError):
+            await self._sub.unsubscribe()
+
+
+@functools.lru_cache(maxsize=256)
+def _reply_codec(types: tuple[type[Any], ...]) -> Codec[Any]:
+    return Codec(*types, ErrorReply)
+
+
+class Bus:
+    """A connection to NATS speaking lmteams' envelope. Create with ``open_bus``."""
+
+    def __init__(self, nc: NatsClient, *, name: str) -> None:
+        self.nc = nc
+        self.js = nc.jetstream()
+        self.name = name.replace(" ", "_")  # the envelope header is space-separated
+        self.clock = LamportClock()
+        self.state = BusState.CONNECTED
+        self._published = 0
+        self._received = 0
+        self._requests = 0
+        self._decode_errors = 0
+        self._handler_errors = 0
+        self._disconnects = 0
+        self._reconnects = 0
+
+    # --- envelope --------------------------------------------------------------------------
+    def headers_for(
+        self,
+        body: msgspec.Struct,
+        *,
+        sender: str | None = None,
+        trace: str | None = None,
+        msg_id: str | None = None,
+        json: bool = False,
+    ) -> dict[str, str]:
+        """The envelope headers for one outgoing message (ticks the Lamport clock)."""
+        mid = msg_id or new_id()
+        headers = {
+            H_ENVELOPE: f"{_SCHEMA} {type_tag(body)} {mid} {sender or self.name} "
+            f"{trace or mid} {self.clock.tick()}"
+        }
+        if json:
+            headers[H_CONTENT_TYPE] = JSON
+        if msg_id:
+            headers[H_MSG_ID] = msg_id
+        return headers
+
+    def _ensure_open(self) -> None:
+        if self.nc.is_closed:
+            raise NotConnectedError("the bus connection is closed")
+
+    # --- core NATS -------------------------------------------------------------------------
+    async def publish(
+        self,
+        subject: str,
+        body: msgspec.Struct,
+        *,
+        sender: str | None = None,
+        trace: str | None = None,
+        msg_id: str | None = None,
+        json: bool = False,
+        reply: str = "",
+    ) -> None:
+        """Publish one message; fire and forget (use ``request`` or JetStream for delivery)."""
+        self._ensure_open()
+        data = encode_json(body) if json else encode(body)
+        headers = self.headers_for(body, sender=sender, trace=trace, msg_id=msg_id, json=json)
+        await self.nc.publish(subject, data, reply=reply, headers=headers)
+        self._published += 1
+
+    async def publish_raw(
+        self, subject: str, data: bytes, headers: dict[str, str] | None = None
+    ) -> None:
+        """Publish bytes as they are: for dead letters and for tests of hostile input."""
+        self._ensure_open()
+        await self.nc.publish(subject, data, headers=headers)
+        self._published += 1
+
+    def decode(self, msg: Msg, codec: Codec[T]) -> T:
+        """Decode one raw NATS message strictly; merges the sender's Lamport time."""
+        headers = msg.headers
+        raw = headers.get(H_ENVELOPE) if headers else None
+        if raw:
+            with contextlib.suppress(ValueError):
+                self.clock.observe(int(raw[raw.rfind(" ") + 1 :]))
+        try:
+            return codec.decode(msg.data, json=_is_json(headers, raw))
+        except DecodeError as err:
+            fields = raw.split(" ") if raw else ()
+            err.type_tag = fields[1] if len(fields) == _ENVELOPE_FIELDS else ""
+            raise
+
+    async def subscribe(
+        self,
+        subject: str,
+        handler: Handler,
+        *,
+        codec: Codec[Any],
+        queue: str = "",
+        on_decode_error: DecodeErrorHandler | None = None,
+        pending_msgs_limit: int = 65536,
+    ) -> Subscription:
+        """Call ``handler`` for each message, in order, decoded strictly with ``codec``.
+
+        A message that does not decode never reaches the handler: it is counted, answered
+        with an ``ErrorReply`` when it has a reply subject, and passed to ``on_decode_error``
+        (the agents layer dead-letters it there). A raising handler is logged and counted,
+        and the subscription keeps serving.
+        """
+        self._ensure_open()
+
+        async def _callback(msg: Msg) -> None:
+            self._received += 1
+            try:
+                body = self.decode(msg, codec)
+            except DecodeError as err:
+                self._decode_errors += 1
+                log.warning("bus.decode_error", subject=msg.subject, field=err.field, reason=err.reason)
+                if msg.reply:
+                    await self._reply_error(msg, "decode", err.reason, field=err.field)
+                if on_decode_error is not None:
+                    await on_decode_error(msg, err)
+                return
+            try:
+                await handler(Incoming(self, msg, body))
+            except Exception as exc:
+                self._handler_errors += 1
+                log.exception("bus.handler_error", subject=msg.subject)
+                if msg.reply:
+                    await self._reply_error(msg, "handler", f"{type(exc).__name__}: {exc}")
+
+        sub = await self.nc.subscribe(
+            subject, queue=queue, cb=_callback, pending_msgs_limit=pending_msgs_limit
+        )
+        # Returned subscriptions are live on the server: a request sent right after
+        # ``subscribe`` returns must find its responder.
+        await self.nc.flush()
+        return Subscription(sub, subject)
+
+    async def _reply_error(self, msg: Msg, kind: str, message: str, *, field: str = "") -> None:
+        envelope = Envelope.from_headers(msg.headers)
+        with contextlib.suppress(nats.errors.ConnectionClosedError):
+            await self.publish(
+                msg.reply,
+                ErrorReply(kind=kind, message=message, field=field),
+                trace=envelope.trace or None,
+                json=envelope.is_json,
+            )
+
+    async def request(
+        self,
+        subject: str,
+        body: msgspec.Struct,
+        *,
+        expect: type[T],
+        timeout: float = 5.0,
+        sender: str | None = None,
+        trace: str | None = None,
+    ) -> T:
+        """Send a request and decode its reply as ``expect``.
+
+        An ``ErrorReply`` from the other side raises ``RemoteError``; silence raises
+        ``RequestTimeoutError``; nobody listening raises ``NoRespondersError``.
+        """
+        self._ensure_open()
+        headers = self.headers_for(body, sender=sender, trace=trace)
+        self._requests += 1
+        try:
+            msg = await self.nc.request(subject, encode(body), timeout=timeout, headers=headers)
+        except nats.errors.NoRespondersError:
+            raise NoRespondersError(f"no agent is listening on {subject}") from None
+        except nats.errors.TimeoutError:
+            raise RequestTimeoutError(f"no reply on {subject} within {timeout:g}s") from None
+        self._received += 1
+        reply = self.decode(msg, _reply_codec((expect,)))
+        if isinstance(reply, ErrorReply):
+            raise RemoteError(reply.kind, reply.message, task_id=reply.task_id)
+        return reply  # type: ignore[no-any-return]
+
+    async def flush(self, timeout: float = 5.0) -> None:
+        await self.nc.flush(timeout=int(max(1, timeout)))
+
+    def statistics(self) -> BusStatistics:
+        server = self.nc.connected_url
+        return BusStatistics(
+            state=self.state,
+            server=server.geturl() if server else "",
+            published=self._published,
+            received=self._received,
+            requests=self._requests,
+            decode_errors=self._decode_errors,
+            handler_errors=self._handler_errors,
+            disconnects=self._disconnects,
+            reconnects=self._reconnects,
+            clock=self.clock.time,
+        )
+
+    # --- connection events (wired by open_bus) ---------------------------------------------
+    def _on_disconnected(self) -> None:
+        self._disconnects += 1
+        if self.state is not BusState.CLOSED:
+            self.state = BusState.RECONNECTING
+
+    def _on_reconnected(self) -> None:
+        self._reconnects += 1
+        self.state = BusState.CONNECTED
+
+
+class _Backoff:
+    """Exponential backoff with full jitter for nats-py's reconnect loop.
+
+    Without jitter every client of a restarted server reconnects in lock-step.
+    """
+
+    def __init__(self, base: float = 0.1, cap: float = 5.0) -> None:
+        self.base = base
+        self.cap = cap
+        self.attempt = 0
+
+    def __call__(self, servers: list[Any], _info: dict[str, Any]) -> tuple[Any, float]:
+        delay = random.uniform(0, min(self.cap, self.base * 2**self.attempt))
+        self.attempt += 1
+        server = min(servers, key=lambda s: s.reconnects) if servers else None
+        return server, delay
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+def _split_urls(url: str) -> list[str]:
+    return [u.strip() for u in url.split(",") if u.strip()]
+
+
+@contextlib.asynccontextmanager
+async def open_bus(
+    url: str | None = None,
+    *,
+    name: str = "lmteams",
+    embedded: ServerConfig | None = None,
+    token: str | None = None,
+    user: str | None = None,
+    password: str | None = None,
+    nkey_seed: str | None = None,
+    creds: str | None = None,
+    tls: ssl.SSLContext | None = None,
+    connect_timeout: float = 5.0,
+    max_reconnect_attempts: int = -1,
+) -> AsyncIterator[Bus]:
+    """Connect to NATS for the duration of the block, draining on exit.
+
+    ``url`` may list several servers separated by commas (a cluster). With no URL (and no
+    ``LMTEAMS_NATS_URL`` in the environment) lmteams starts its embedded nats-server with
+    JetStream and stops it on exit. Credentials and TLS are passed through to nats-py.
+    """
+    url = url or os.environ.get(ENV_URL) or None
+    async with contextlib.AsyncExitStack() as stack:
+        server: EmbeddedServer | None = None
+        if url is None:
+            from lmteams.bus._server import run_server
+
+            server = await stack.enter_async_context(run_server(embedded))
+            url = server.url
+        blog = log.bind(bus=name)
+        backoff = _Backoff()
+        holder: dict[str, Bus] = {}
+
+        async def _error(exc: Exception) -> None:
+            blog.warning("bus.error", error=f"{type(exc).__name__}: {exc}")
+
+        async def _disconnected() -> None:
+            closing = "bus" in holder and holder["bus"].state is BusState.CLOSED
+            (blog.debug if closing else blog.warning)("bus.disconnected")
+            if "bus" in holder:
+                holder["bus"]._on_disconnected()
+
+        async def _reconnected() -> None:
+            backoff.reset()
+            blog.info("bus.reconnected", server=str(nc.connected_url.geturl() if nc.connected_url else ""))
+            if "bus" in holder:
+                holder["bus"]._on_reconnected()
+
+        async def _closed() -> None:
+            blog.info("bus.closed")
+            if "bus" in holder:
+                holder["bus"].state = BusState.CLOSED
+
+        async def _discovered() -> None:
+            blog.info("bus.discovered_server")
+
+        async def _lame_duck() -> None:
+            blog.warning("bus.lame_duck")
+
+        options: dict[str, Any] = {
+            "servers": _split_urls(url),
+            "name": name,
+            "connect_timeout": connect_timeout,
+            "max_reconnect_attempts": max_reconnect_attempts,
+            "reconnect_to_server_handler": backoff,
+            "error_cb": _error,
+            "disconnected_cb": _disconnected,
+            "reconnected_cb": _reconnected,
+            "closed_cb": _closed,
+            "discovered_server_cb": _discovered,
+            "lame_duck_mode_cb": _lame_duck,
+        }
+        auth = {"token": token, "user": user, "password": password, "tls": tls}
+        auth |= {"nkeys_seed": nkey_seed, "user_credentials": creds}
+        options |= {k: v for k, v in auth.items() if v is not None}
+        try:
+            nc = FastClient()
+            await nc.connect(**options)
+        except Exception as exc:
+            raise NotConnectedError(
+                f"cannot connect to NATS at {url}: {type(exc).__name__}: {exc}. "
+                "Is the server up? (omit --nats to use the embedded server)"
+            ) from exc
+        blog.info("bus.connected", server=url, embedded=server is not None)
+        bus = holder["bus"] = Bus(nc, name=name)
+        try:
+            yield bus
+        finally:
+            bus.state = BusState.CLOSED  # a deliberate close: disconnect events are expected
+            with contextlib.suppress(Exception):
+                await nc.drain()
+            if not nc.is_closed:
+                await nc.close()

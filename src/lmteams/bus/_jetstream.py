@@ -1,0 +1,227 @@
+"""JetStream pieces of a team: its durable streams and KV buckets.
+
+Durable state lives in the server, never in lmteams: tasks survive agent crashes because
+they sit in a work-queue stream until acked; results are deduplicated by task id; KV gives
+compare-and-set for claims and leases. The helpers are idempotent so every agent may call them.
+"""
+
+from __future__ import annotations
+
+import msgspec
+import nats.js.errors
+import structlog
+from nats.js import api
+from nats.js.kv import KeyValue
+
+from lmteams.bus._codec import encode, encode_json
+from lmteams.bus._connection import Bus
+from lmteams.bus._subjects import SubjectKind, Subjects
+from lmteams.errors import BusError, RevisionMismatchError
+
+__all__ = (
+    "StreamSettings",
+    "ensure_team_streams",
+    "ensure_stream",
+    "publish_durable",
+    "PubAck",
+    "KV",
+    "KVEntry",
+    "open_kv",
+)
+
+log = structlog.get_logger(__name__)
+
+_STREAM_IN_USE = 10058
+_WRONG_LAST_SEQUENCE = (10071, 10164)
+_H_EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
+
+
+class StreamSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """How a team's streams are stored; R3 on a cluster for fault tolerance."""
+
+    replicas: int = 1
+    dedupe_window_s: float = 120.0
+    results_max_age_s: float = 24 * 3600.0
+    dead_max_age_s: float = 7 * 24 * 3600.0
+    max_payload: int | None = None
+
+
+class PubAck(msgspec.Struct, frozen=True, kw_only=True):
+    stream: str
+    seq: int
+    duplicate: bool
+
+
+async def ensure_stream(bus: Bus, config: api.StreamConfig) -> api.StreamInfo:
+    """Create the stream, or bring an existing one to this configuration."""
+    try:
+        return await bus.js.add_stream(config)
+    except nats.js.errors.BadRequestError as err:
+        if err.err_code != _STREAM_IN_USE:
+            raise BusError(f"cannot create stream {config.name}: {err.description}") from err
+        return await bus.js.update_stream(config)
+
+
+async def ensure_team_streams(
+    bus: Bus, subjects: Subjects, settings: StreamSettings | None = None
+) -> None:
+    """The three streams of a team: tasks (work queue), results, dead letters."""
+    s = settings or StreamSettings()
+    await ensure_stream(
+        bus,
+        api.StreamConfig(
+            name=subjects.tasks_stream,
+            subjects=[subjects.tasks],
+            retention=api.RetentionPolicy.WORK_QUEUE,
+            storage=api.StorageType.FILE,
+            num_replicas=s.replicas,
+            duplicate_window=s.dedupe_window_s,
+            max_msg_size=s.max_payload or -1,
+        ),
+    )
+    await ensure_stream(
+        bus,
+        api.StreamConfig(
+            name=subjects.results_stream,
+            subjects=[subjects.all(SubjectKind.RESULTS)],
+            retention=api.RetentionPolicy.LIMITS,
+            storage=api.StorageType.FILE,
+            num_replicas=s.replicas,
+            duplicate_window=s.dedupe_window_s,
+            max_msgs_per_subject=1,  # a task has one result, whatever the redeliveries
+            max_age=s.results_max_age_s,
+        ),
+    )
+    await ensure_stream(
+        bus,
+        api.StreamConfig(
+            name=subjects.dead_stream,
+            subjects=[subjects.all(SubjectKind.DEAD)],
+            retention=api.RetentionPolicy.LIMITS,
+            storage=api.StorageType.FILE,
+            num_replicas=s.replicas,
+            max_age=s.dead_max_age_s,
+        ),
+    )
+    log.debug("bus.streams_ready", team=subjects.team, replicas=s.replicas)
+
+
+async def publish_durable(
+    bus: Bus,
+    subject: str,
+    body: msgspec.Struct,
+    *,
+    msg_id: str,
+    sender: str | None = None,
+    trace: str | None = None,
+    json: bool = False,
+    timeout: float = 5.0,
+) -> PubAck:
+    """Publish into JetStream and wait for the stream's ack.
+
+    ``msg_id`` becomes ``Nats-Msg-Id``: a second publish with the same id inside the dedupe
+    window is acknowledged as a duplicate and stored once.
+    """
+    headers = bus.headers_for(body, sender=sender, trace=trace, msg_id=msg_id, json=json)
+    data = encode_json(body) if json else encode(body)
+    try:
+        ack = await bus.js.publish(subject, data, headers=headers, timeout=timeout)
+    except nats.errors.TimeoutError as err:
+        raise BusError(f"JetStream did not acknowledge {subject} within {timeout:g}s") from err
+    except nats.js.errors.NoStreamResponseError as err:
+        raise BusError(f"no JetStream stream captures {subject}") from err
+    return PubAck(stream=ack.stream, seq=ack.seq, duplicate=bool(ack.duplicate))
+
+
+class KVEntry(msgspec.Struct, frozen=True, kw_only=True):
+    key: str
+    value: bytes
+    revision: int
+
+
+class KV:
+    """A JetStream KV bucket with compare-and-set and per-key TTL.
+
+    Reads go to the stream leader or a direct-get replica; KV does not promise
+    read-your-writes across clients, so callers decide by revisions, never by re-reading.
+    """
+
+    def __init__(self, bus: Bus, kv: KeyValue, bucket: str) -> None:
+        self._bus = bus
+        self._kv = kv
+        self.bucket = bucket
+        self._prefix = f"$KV.{bucket}."
+
+    async def get(self, key: str) -> KVEntry | None:
+        """The live value of ``key``, or None when absent, deleted or expired."""
+        try:
+            entry = await self._kv.get(key)
+        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+            return None
+        return KVEntry(key=key, value=entry.value or b"", revision=entry.revision or 0)
+
+    async def create(self, key: str, value: bytes, *, ttl: float | None = None) -> int:
+        """Write only if ``key`` is absent; return the revision (a fencing token).
+
+        Raises ``RevisionMismatchError`` when someone else holds the key.
+        """
+        try:
+            return await self._kv.create(key, value, msg_ttl=ttl)
+        except nats.js.errors.KeyWrongLastSequenceError as err:
+            raise RevisionMismatchError(f"{self.bucket}/{key} already exists") from err
+
+    async def update(
+        self, key: str, value: bytes, *, revision: int, ttl: float | None = None
+    ) -> int:
+        """Write only if the key is still at ``revision``; return the new revision.
+
+        Renewing with a ``ttl`` restarts the key's time to live (nats-py's ``update`` cannot,
+        so the expected-revision header is set here).
+        """
+        headers = {_H_EXPECTED_LAST_SUBJECT_SEQ: str(revision)}
+        try:
+            ack = await self._bus.js.publish(
+                self._prefix + key, value, headers=headers, msg_ttl=ttl
+            )
+        except nats.js.errors.APIError as err:
+            if err.err_code in _WRONG_LAST_SEQUENCE:
+                raise RevisionMismatchError(
+                    f"{self.bucket}/{key} is no longer at revision {revision}"
+                ) from err
+            raise
+        return int(ack.seq)
+
+    async def put(self, key: str, value: bytes) -> int:
+        return await self._kv.put(key, value)
+
+    async def delete(self, key: str, *, revision: int | None = None) -> None:
+        try:
+            await self._kv.delete(key, last=revision)
+        except nats.js.errors.APIError as err:
+            if err.err_code in _WRONG_LAST_SEQUENCE:
+                raise RevisionMismatchError(f"{self.bucket}/{key} changed") from err
+            raise
+
+    async def keys(self) -> list[str]:
+        try:
+            return list(await self._kv.keys())
+        except nats.js.errors.NoKeysError:
+            return []
+
+
+async def open_kv(
+    bus: Bus,
+    bucket: str,
+    *,
+    ttl: float | None = None,
+    history: int = 1,
+    replicas: int = 1,
+) -> KV:
+    """Open a KV bucket, creating it if absent (per-key TTL is always allowed)."""
+    try:
+        kv = await bus.js.key_value(bucket)
+    except nats.js.errors.BucketNotFoundError:
+        kv = await bus.js.create_key_value(
+            bucket=bucket, ttl=ttl, history=history, replicas=replicas
+        )
+    return KV(bus, kv, bucket)

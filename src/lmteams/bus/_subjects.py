@@ -1,0 +1,127 @@
+"""The one place that knows the subject tree and the JetStream names derived from it.
+
+Every subject lmteams uses is built here, so permissions can be granted by subtree
+(``lmt.<team>.role.>``) and a plain NATS client can be told exactly where to publish.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+
+import msgspec
+
+from lmteams.errors import ConfigError
+
+__all__ = ("Subjects", "SubjectKind", "ParsedSubject", "validate_token")
+
+PREFIX = "lmt"
+_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+
+
+def validate_token(value: str, what: str) -> str:
+    """A team, agent, role or task id must be one NATS subject token (no dots or wildcards)."""
+    if not _TOKEN.match(value):
+        raise ConfigError(
+            f"invalid {what} {value!r}: use 1-128 letters, digits, '_' or '-' "
+            "(no dots, spaces or wildcards: it becomes one NATS subject token)"
+        )
+    return value
+
+
+class SubjectKind(StrEnum):
+    """The branches of a team's subject tree."""
+
+    TASKS = "tasks"
+    AGENT = "agent"
+    ROLE = "role"
+    RESULTS = "results"
+    PROGRESS = "progress"
+    GOSSIP = "gossip"
+    CONTROL = "control"
+    DEAD = "dead"
+
+
+class ParsedSubject(msgspec.Struct, frozen=True, kw_only=True):
+    """A subject taken apart: ``lmt.<team>.<kind>[.<name>]``."""
+
+    team: str
+    kind: SubjectKind
+    name: str = ""
+
+
+class Subjects(msgspec.Struct, frozen=True):
+    """Subject and stream names for one team."""
+
+    team: str
+
+    def __post_init__(self) -> None:
+        validate_token(self.team, "team name")
+
+    @property
+    def root(self) -> str:
+        return f"{PREFIX}.{self.team}"
+
+    # --- core subjects ---------------------------------------------------------------------
+    @property
+    def tasks(self) -> str:
+        return f"{self.root}.tasks"
+
+    def agent(self, agent_id: str) -> str:
+        return f"{self.root}.agent.{validate_token(agent_id, 'agent id')}"
+
+    def role(self, role: str) -> str:
+        return f"{self.root}.role.{validate_token(role, 'role')}"
+
+    def results(self, task_id: str) -> str:
+        return f"{self.root}.results.{validate_token(task_id, 'task id')}"
+
+    def progress(self, task_id: str) -> str:
+        return f"{self.root}.progress.{validate_token(task_id, 'task id')}"
+
+    def gossip(self, topic: str) -> str:
+        return f"{self.root}.gossip.{validate_token(topic, 'gossip topic')}"
+
+    def control(self, agent_id: str) -> str:
+        return f"{self.root}.control.{validate_token(agent_id, 'agent id')}"
+
+    def dead(self, reason: str) -> str:
+        return f"{self.root}.dead.{validate_token(reason, 'dead-letter reason')}"
+
+    def all(self, kind: SubjectKind) -> str:
+        """The wildcard covering one branch, e.g. ``lmt.t.results.>``."""
+        return f"{self.root}.{kind.value}.>" if kind is not SubjectKind.TASKS else self.tasks
+
+    # --- JetStream names -------------------------------------------------------------------
+    @property
+    def tasks_stream(self) -> str:
+        return f"LMT_{self.team}_TASKS"
+
+    @property
+    def results_stream(self) -> str:
+        return f"LMT_{self.team}_RESULTS"
+
+    @property
+    def dead_stream(self) -> str:
+        return f"LMT_{self.team}_DEAD"
+
+    def kv_bucket(self, name: str) -> str:
+        return f"lmt_{self.team}_{validate_token(name, 'bucket name')}"
+
+    # --- parsing ---------------------------------------------------------------------------
+    @staticmethod
+    def parse(subject: str) -> ParsedSubject:
+        """Take an lmteams subject apart; raise ``ConfigError`` for anything outside the tree."""
+        parts = subject.split(".")
+        if len(parts) < 3 or parts[0] != PREFIX:
+            raise ConfigError(f"not an lmteams subject: {subject!r} (expected {PREFIX}.<team>.…)")
+        try:
+            kind = SubjectKind(parts[2])
+        except ValueError:
+            raise ConfigError(f"unknown subject branch {parts[2]!r} in {subject!r}") from None
+        name = ".".join(parts[3:])
+        if kind is SubjectKind.TASKS and name:
+            raise ConfigError(f"the tasks subject takes no suffix: {subject!r}")
+        if kind is not SubjectKind.TASKS and not name:
+            raise ConfigError(f"subject {subject!r} lacks its {kind.value} name")
+        return ParsedSubject(team=parts[1], kind=kind, name=name)
