@@ -8,6 +8,7 @@ and the median of the trials is reported, never one absolute time.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import statistics
@@ -19,8 +20,6 @@ import structlog
 
 def quiet_logs() -> None:
     """Benchmarks print figures, not log lines."""
-    import logging
-
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
 
 
@@ -73,6 +72,8 @@ def figure(
 def emit(figures: list[dict[str, Any]], **context: Any) -> None:
     """Print the human summary, then the JSON last line."""
     for f in figures:
-        print(f"{f['name']:<40} value={f['value']:<12} baseline={f['baseline']:<12} "
-              f"ratio={f['ratio']:<8} target>={f['target']}")
+        print(
+            f"{f['name']:<40} value={f['value']:<12} baseline={f['baseline']:<12} "
+            f"ratio={f['ratio']:<8} target>={f['target']}"
+        )
     print(json.dumps({"figures": figures, "machine": machine(), **context}))

@@ -27,9 +27,8 @@ import msgspec
 import nats
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import emit, figure, interleaved, quiet_logs  # noqa: E402
-
-from lmteams.bus import Codec, encode, open_bus, run_server  # noqa: E402
+from _common import emit, figure, interleaved, quiet_logs
+from lmteams.bus import Codec, encode, open_bus, run_server
 
 
 class Query(msgspec.Struct, frozen=True, kw_only=True, tag="query"):
@@ -114,17 +113,30 @@ async def main(quick: bool) -> None:
             for warm in (raw_one, wire_one, lmt_one):
                 await _run(200, 10, warm)
             figures = []
-            for mode, count, conc in (("sequential", seq_count, 1), ("concurrent", conc_count, 100)):
-                for base_name, base_one, target in (("wire", wire_one, 0.90), ("bare", raw_one, None)):
+            for mode, count, conc in (
+                ("sequential", seq_count, 1),
+                ("concurrent", conc_count, 100),
+            ):
+                for base_name, base_one, target in (
+                    ("wire", wire_one, 0.90),
+                    ("bare", raw_one, None),
+                ):
                     ours, theirs = await interleaved(
                         trials,
                         lambda c=count, k=conc: _run(c, k, lmt_one),
                         lambda c=count, k=conc, f=base_one: _run(c, k, f),
                     )
                     figures.append(
-                        figure(f"bus_request_reply_{mode}_vs_{base_name}", ours, theirs, target,
-                               unit="requests/s", concurrency=conc, trials=trials,
-                               baseline_kind=base_name)
+                        figure(
+                            f"bus_request_reply_{mode}_vs_{base_name}",
+                            ours,
+                            theirs,
+                            target,
+                            unit="requests/s",
+                            concurrency=conc,
+                            trials=trials,
+                            baseline_kind=base_name,
+                        )
                     )
         await raw_srv.close()
         await raw_cli.close()

@@ -104,8 +104,9 @@ async def run_cluster(
 def leaf_node_config(hub_leaf_url: str, **overrides: object) -> ServerConfig:
     """A leaf node that forwards to a hub's leaf port.
 
-    JetStream stays off on the leaf by default so that JetStream API calls made at the edge
-    reach the hub's streams and KV through the leaf connection: one team, one set of streams.
+    JetStream stays off on the leaf by default: clients at the edge use the hub's streams and
+    KV by naming the hub's JetStream domain (``open_bus(..., js_domain=HUB_DOMAIN)``), so a
+    team has one set of streams wherever its agents sit.
     """
     base = ServerConfig(jetstream=False, leaf_remotes=(hub_leaf_url,))
     return msgspec.structs.replace(base, **overrides)

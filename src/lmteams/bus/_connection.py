@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from enum import StrEnum
 from typing import Any, Generic, TypeVar
 
+import anyio
 import msgspec
 import nats
 import nats.errors
@@ -36,7 +37,7 @@ from lmteams.bus._envelope import (
     new_id,
 )
 from lmteams.bus._fastclient import FastClient
-from lmteams.bus._server import EmbeddedServer, ServerConfig
+from lmteams.bus._server import EmbeddedServer, ServerConfig, run_server
 from lmteams.errors import (
     DecodeError,
     NoRespondersError,
@@ -120,7 +121,7 @@ class Incoming(Generic[T]):
             return
         headers = msg.headers
         raw = headers.get(H_ENVELOPE) if headers else None
-        fields = raw.split(" ") if raw else ()
+        fields: list[str] = raw.split(" ") if raw else []
         trace = fields[4] if len(fields) == _ENVELOPE_FIELDS else None
         await self._bus.publish(
             msg.reply, body, sender=sender, trace=trace, json=_is_json(headers, raw)
@@ -151,7 +152,9 @@ class Subscription:
         self.subject = subject
 
     async def unsubscribe(self) -> None:
-        with contextlib.suppress(nats.errors.BadSubscriptionError, nats.errors.ConnectionClosedError):
+        with contextlib.suppress(
+            nats.errors.BadSubscriptionError, nats.errors.ConnectionClosedError
+        ):
             await self._sub.unsubscribe()
 
 
@@ -163,9 +166,9 @@ def _reply_codec(types: tuple[type[Any], ...]) -> Codec[Any]:
 class Bus:
     """A connection to NATS speaking lmteams' envelope. Create with ``open_bus``."""
 
-    def __init__(self, nc: NatsClient, *, name: str) -> None:
+    def __init__(self, nc: NatsClient, *, name: str, js_domain: str | None = None) -> None:
         self.nc = nc
-        self.js = nc.jetstream()
+        self.js = nc.jetstream(domain=js_domain) if js_domain else nc.jetstream()
         self.name = name.replace(" ", "_")  # the envelope header is space-separated
         self.clock = LamportClock()
         self.state = BusState.CONNECTED
@@ -240,7 +243,7 @@ class Bus:
         try:
             return codec.decode(msg.data, json=_is_json(headers, raw))
         except DecodeError as err:
-            fields = raw.split(" ") if raw else ()
+            fields: list[str] = raw.split(" ") if raw else []
             err.type_tag = fields[1] if len(fields) == _ENVELOPE_FIELDS else ""
             raise
 
@@ -269,7 +272,9 @@ class Bus:
                 body = self.decode(msg, codec)
             except DecodeError as err:
                 self._decode_errors += 1
-                log.warning("bus.decode_error", subject=msg.subject, field=err.field, reason=err.reason)
+                log.warning(
+                    "bus.decode_error", subject=msg.subject, field=err.field, reason=err.reason
+                )
                 if msg.reply:
                     await self._reply_error(msg, "decode", err.reason, field=err.field)
                 if on_decode_error is not None:
@@ -381,6 +386,42 @@ class _Backoff:
         self.attempt = 0
 
 
+class _ConnectionEvents:
+    """nats-py's connection callbacks: log every event and keep the Bus state current."""
+
+    def __init__(self, log: Any, backoff: _Backoff) -> None:
+        self.log = log
+        self.backoff = backoff
+        self.bus: Bus | None = None
+
+    async def error(self, exc: Exception) -> None:
+        self.log.warning("bus.error", error=f"{type(exc).__name__}: {exc}")
+
+    async def disconnected(self) -> None:
+        closing = self.bus is not None and self.bus.state is BusState.CLOSED
+        (self.log.debug if closing else self.log.warning)("bus.disconnected")
+        if self.bus is not None:
+            self.bus._on_disconnected()
+
+    async def reconnected(self) -> None:
+        self.backoff.reset()
+        server = self.bus.nc.connected_url if self.bus is not None else None
+        self.log.info("bus.reconnected", server=server.geturl() if server else "")
+        if self.bus is not None:
+            self.bus._on_reconnected()
+
+    async def closed(self) -> None:
+        self.log.info("bus.closed")
+        if self.bus is not None:
+            self.bus.state = BusState.CLOSED
+
+    async def discovered(self) -> None:
+        self.log.info("bus.discovered_server")
+
+    async def lame_duck(self) -> None:
+        self.log.warning("bus.lame_duck")
+
+
 def _split_urls(url: str) -> list[str]:
     return [u.strip() for u in url.split(",") if u.strip()]
 
@@ -399,77 +440,56 @@ async def open_bus(
     tls: ssl.SSLContext | None = None,
     connect_timeout: float = 5.0,
     max_reconnect_attempts: int = -1,
+    js_domain: str | None = None,
 ) -> AsyncIterator[Bus]:
     """Connect to NATS for the duration of the block, draining on exit.
 
     ``url`` may list several servers separated by commas (a cluster). With no URL (and no
     ``LMTEAMS_NATS_URL`` in the environment) lmteams starts its embedded nats-server with
     JetStream and stops it on exit. Credentials and TLS are passed through to nats-py.
+    ``js_domain`` addresses a hub's JetStream from behind a leaf node.
     """
     url = url or os.environ.get(ENV_URL) or None
     async with contextlib.AsyncExitStack() as stack:
         server: EmbeddedServer | None = None
         if url is None:
-            from lmteams.bus._server import run_server
-
             server = await stack.enter_async_context(run_server(embedded))
             url = server.url
-        blog = log.bind(bus=name)
         backoff = _Backoff()
-        holder: dict[str, Bus] = {}
-
-        async def _error(exc: Exception) -> None:
-            blog.warning("bus.error", error=f"{type(exc).__name__}: {exc}")
-
-        async def _disconnected() -> None:
-            closing = "bus" in holder and holder["bus"].state is BusState.CLOSED
-            (blog.debug if closing else blog.warning)("bus.disconnected")
-            if "bus" in holder:
-                holder["bus"]._on_disconnected()
-
-        async def _reconnected() -> None:
-            backoff.reset()
-            blog.info("bus.reconnected", server=str(nc.connected_url.geturl() if nc.connected_url else ""))
-            if "bus" in holder:
-                holder["bus"]._on_reconnected()
-
-        async def _closed() -> None:
-            blog.info("bus.closed")
-            if "bus" in holder:
-                holder["bus"].state = BusState.CLOSED
-
-        async def _discovered() -> None:
-            blog.info("bus.discovered_server")
-
-        async def _lame_duck() -> None:
-            blog.warning("bus.lame_duck")
-
+        events = _ConnectionEvents(log.bind(bus=name), backoff)
         options: dict[str, Any] = {
             "servers": _split_urls(url),
             "name": name,
             "connect_timeout": connect_timeout,
             "max_reconnect_attempts": max_reconnect_attempts,
             "reconnect_to_server_handler": backoff,
-            "error_cb": _error,
-            "disconnected_cb": _disconnected,
-            "reconnected_cb": _reconnected,
-            "closed_cb": _closed,
-            "discovered_server_cb": _discovered,
-            "lame_duck_mode_cb": _lame_duck,
+            "error_cb": events.error,
+            "disconnected_cb": events.disconnected,
+            "reconnected_cb": events.reconnected,
+            "closed_cb": events.closed,
+            "discovered_server_cb": events.discovered,
+            "lame_duck_mode_cb": events.lame_duck,
         }
         auth = {"token": token, "user": user, "password": password, "tls": tls}
         auth |= {"nkeys_seed": nkey_seed, "user_credentials": creds}
         options |= {k: v for k, v in auth.items() if v is not None}
+        nc = FastClient()
+        # nats-py retries a failing first connect without end; a user who typed a wrong URL
+        # wants an error, so the first connect gets a deadline of one timeout per server.
+        deadline = connect_timeout * len(options["servers"]) + 1.0
         try:
-            nc = FastClient()
-            await nc.connect(**options)
+            with anyio.fail_after(deadline):
+                await nc.connect(**options)
         except Exception as exc:
+            with contextlib.suppress(Exception):
+                await nc.close()
+            reason = "no answer in time" if isinstance(exc, TimeoutError) else f"{exc}"
             raise NotConnectedError(
-                f"cannot connect to NATS at {url}: {type(exc).__name__}: {exc}. "
+                f"cannot connect to NATS at {url}: {type(exc).__name__}: {reason}. "
                 "Is the server up? (omit --nats to use the embedded server)"
             ) from exc
-        blog.info("bus.connected", server=url, embedded=server is not None)
-        bus = holder["bus"] = Bus(nc, name=name)
+        events.log.info("bus.connected", server=url, embedded=server is not None)
+        bus = events.bus = Bus(nc, name=name, js_domain=js_domain)
         try:
             yield bus
         finally:

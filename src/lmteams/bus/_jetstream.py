@@ -7,7 +7,12 @@ compare-and-set for claims and leases. The helpers are idempotent so every agent
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import anyio
 import msgspec
+import nats.errors
 import nats.js.errors
 import structlog
 from nats.js import api
@@ -30,6 +35,7 @@ __all__ = (
 )
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 _STREAM_IN_USE = 10058
 _WRONG_LAST_SEQUENCE = (10071, 10164)
@@ -52,14 +58,48 @@ class PubAck(msgspec.Struct, frozen=True, kw_only=True):
     duplicate: bool
 
 
-async def ensure_stream(bus: Bus, config: api.StreamConfig) -> api.StreamInfo:
+_TRANSIENT = (
+    nats.errors.NoRespondersError,
+    nats.errors.TimeoutError,
+    nats.js.errors.NoStreamResponseError,
+    nats.js.errors.ServiceUnavailableError,
+)
+
+
+async def _retrying(what: str, call: Callable[[], Awaitable[T]], *, timeout: float) -> T:
+    """Retry a JetStream call through leader elections until ``timeout``.
+
+    While a cluster re-elects a stream or meta leader (a node died), requests get no
+    responder or time out; only calls that are idempotent (stream config, publishes
+    carrying a ``Nats-Msg-Id``) go through here.
+    """
+    delay = 0.05
+    with anyio.move_on_after(timeout) as scope:
+        while True:
+            try:
+                return await call()
+            except _TRANSIENT as err:
+                log.debug("bus.jetstream_retry", what=what, error=type(err).__name__)
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+    assert scope.cancelled_caught
+    raise BusError(f"JetStream did not complete {what} within {timeout:g}s (no stream leader?)")
+
+
+async def ensure_stream(
+    bus: Bus, config: api.StreamConfig, *, timeout: float = 20.0
+) -> api.StreamInfo:
     """Create the stream, or bring an existing one to this configuration."""
-    try:
-        return await bus.js.add_stream(config)
-    except nats.js.errors.BadRequestError as err:
-        if err.err_code != _STREAM_IN_USE:
-            raise BusError(f"cannot create stream {config.name}: {err.description}") from err
-        return await bus.js.update_stream(config)
+
+    async def attempt() -> api.StreamInfo:
+        try:
+            return await bus.js.add_stream(config)
+        except nats.js.errors.BadRequestError as err:
+            if err.err_code != _STREAM_IN_USE:
+                raise BusError(f"cannot create stream {config.name}: {err.description}") from err
+            return await bus.js.update_stream(config)
+
+    return await _retrying(f"creating stream {config.name}", attempt, timeout=timeout)
 
 
 async def ensure_team_streams(
@@ -120,16 +160,16 @@ async def publish_durable(
     """Publish into JetStream and wait for the stream's ack.
 
     ``msg_id`` becomes ``Nats-Msg-Id``: a second publish with the same id inside the dedupe
-    window is acknowledged as a duplicate and stored once.
+    window is acknowledged as a duplicate and stored once, which is what makes retrying
+    through a leader election safe.
     """
     headers = bus.headers_for(body, sender=sender, trace=trace, msg_id=msg_id, json=json)
     data = encode_json(body) if json else encode(body)
-    try:
-        ack = await bus.js.publish(subject, data, headers=headers, timeout=timeout)
-    except nats.errors.TimeoutError as err:
-        raise BusError(f"JetStream did not acknowledge {subject} within {timeout:g}s") from err
-    except nats.js.errors.NoStreamResponseError as err:
-        raise BusError(f"no JetStream stream captures {subject}") from err
+
+    async def attempt() -> api.PubAck:
+        return await bus.js.publish(subject, data, headers=headers, timeout=min(timeout, 2.0))
+
+    ack = await _retrying(f"publishing to {subject}", attempt, timeout=timeout)
     return PubAck(stream=ack.stream, seq=ack.seq, duplicate=bool(ack.duplicate))
 
 

@@ -60,6 +60,7 @@ class ServerConfig(msgspec.Struct, frozen=True, kw_only=True):
     monitor_port: int = 0
     name: str = ""
     jetstream: bool = True
+    js_domain: str | None = None  # name this server's JetStream so leaf-node clients reach it
     store_dir: str | None = None
     max_payload: int = 1024 * 1024
     sync_interval: str | None = None  # "always" fsyncs every write (acknowledged = on disk)
@@ -186,6 +187,8 @@ class EmbeddedServer:
             js: dict[str, Any] = {"store_dir": str(self.store_dir / "jetstream")}
             if c.sync_interval:
                 js["sync_interval"] = c.sync_interval
+            if c.js_domain:
+                js["domain"] = c.js_domain
             conf["jetstream"] = js
         if c.cluster:
             conf["cluster"] = {
@@ -232,7 +235,8 @@ class EmbeddedServer:
         except BaseException:
             await self.stop()
             raise
-        self._log.info("nats.ready", url=self.url)
+        else:
+            self._log.info("nats.ready", url=self.url)
 
     async def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -260,17 +264,18 @@ class EmbeddedServer:
             )
         except (OSError, TimeoutError):
             return False
+        status = b""
         try:
             writer.write(b"GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n")
             await writer.drain()
             status = await asyncio.wait_for(reader.readline(), 1.0)
-            return b" 200 " in status
         except (OSError, TimeoutError):
-            return False
+            pass
         finally:
             writer.close()
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
+        return b" 200 " in status
 
     async def stop(self, *, timeout: float = _STOP_TIMEOUT) -> None:
         """SIGTERM, then SIGKILL after ``timeout``; always reaps the process."""

@@ -1,0 +1,40 @@
+"""FastClient must be indistinguishable from nats-py on the wire and in parsed headers."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+from nats.aio.client import Client
+
+from lmteams.bus._fastclient import FastClient, parse_header_lines
+
+header_names = st.from_regex(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,12}", fullmatch=True)
+header_values = st.text(st.characters(blacklist_categories=("Cs",)), max_size=30)
+raw_lines = st.lists(
+    st.binary(max_size=30)
+    | st.builds(lambda k, v: k + b":" + v, st.binary(max_size=8), st.binary(max_size=20)),
+    max_size=8,
+)
+
+
+@given(lines=raw_lines)
+def test_header_parse_matches_nats_py(lines: list[bytes]) -> None:
+    raw = b"\r\n".join(lines) + b"\r\n\r\n"
+    assert parse_header_lines(raw) == Client._parse_header_lines(raw)
+
+
+async def _written(client: Client, headers: dict[str, str]) -> bytes:
+    sent: list[bytes] = []
+
+    async def capture(cmd: bytes, priority: bool = False) -> None:
+        sent.append(bytes(cmd))
+
+    client._send_command = capture  # type: ignore[method-assign]
+    client._flush_queue = None
+    await client._send_publish("subj.a", "reply.b", b"payload", 7, headers)
+    return b"".join(sent)
+
+
+@given(headers=st.dictionaries(header_names, header_values, min_size=1, max_size=6))
+async def test_header_encoding_is_byte_identical(headers: dict[str, str]) -> None:
+    assert await _written(FastClient(), headers) == await _written(Client(), headers)

@@ -1,0 +1,41 @@
+"""Real-server fixtures: every integration test talks to a genuine nats-server on loopback."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+
+from lmteams.bus import Bus, EmbeddedServer, LocalCluster, open_bus, run_cluster, run_server
+from lmteams.testing import capture_logs
+
+
+@pytest.fixture
+def log_events() -> Iterator[list[dict[str, Any]]]:
+    """The structlog events emitted during the test."""
+    with capture_logs() as events:
+        yield events
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"  # nats-py is asyncio-only
+
+
+@pytest.fixture
+async def nats_server() -> AsyncIterator[EmbeddedServer]:
+    async with run_server() as server:
+        yield server
+
+
+@pytest.fixture
+async def bus(nats_server: EmbeddedServer) -> AsyncIterator[Bus]:
+    async with open_bus(nats_server.url, name="test") as b:
+        yield b
+
+
+@pytest.fixture
+async def cluster3() -> AsyncIterator[LocalCluster]:
+    async with run_cluster(3) as cluster:
+        yield cluster
