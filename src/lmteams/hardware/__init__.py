@@ -1,0 +1,78 @@
+"""Devices and models: detection, the backend protocol, llama.cpp and simulated backends.
+
+Everything an agent needs to turn a prompt into a completion on whatever hardware it has,
+and everything a study needs to pretend it has other hardware.
+"""
+
+from lmteams.hardware._backend import open_backend
+from lmteams.hardware._detect import DeviceInfo, HardwareInfo, detect
+from lmteams.hardware._llama import LlamaBackend, LlamaStatistics
+from lmteams.hardware._models import (
+    CATALOGUE,
+    CatalogueEntry,
+    ModelFile,
+    ModelInfo,
+    WheelMember,
+    cache_dir,
+    file_sha256,
+    install_from_wheels,
+    list_models,
+    model_path,
+    pull_model,
+    resolve_model,
+)
+from lmteams.hardware._profile import DeviceProfile, cached_profiles, profile
+from lmteams.hardware._sim import (
+    DEVICE_CLASSES,
+    DeviceClass,
+    SimStatistics,
+    SimulatedBackend,
+    estimate_tokens,
+)
+from lmteams.hardware._types import (
+    BACKEND_KINDS,
+    Backend,
+    BackendConfig,
+    Completion,
+    GenerateRequest,
+    Timings,
+)
+
+__all__ = (
+    # the backend contract
+    "Backend",
+    "BackendConfig",
+    "BACKEND_KINDS",
+    "GenerateRequest",
+    "Completion",
+    "Timings",
+    "open_backend",
+    # backends
+    "LlamaBackend",
+    "LlamaStatistics",
+    "SimulatedBackend",
+    "DeviceClass",
+    "DEVICE_CLASSES",
+    "SimStatistics",
+    "estimate_tokens",
+    # detection and profiling
+    "detect",
+    "HardwareInfo",
+    "DeviceInfo",
+    "profile",
+    "DeviceProfile",
+    "cached_profiles",
+    # model files
+    "resolve_model",
+    "pull_model",
+    "list_models",
+    "model_path",
+    "cache_dir",
+    "file_sha256",
+    "install_from_wheels",
+    "ModelFile",
+    "ModelInfo",
+    "CatalogueEntry",
+    "WheelMember",
+    "CATALOGUE",
+)

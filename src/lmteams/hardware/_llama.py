@@ -1,0 +1,400 @@
+"""The llama.cpp backend: one GGUF model on one device, driven token by token.
+
+We drive ``Llama.generate`` ourselves instead of calling ``create_chat_completion`` because
+that gives us three things the high-level API does not: a cancellation check between tokens,
+the time to first token, and per-token logprobs without ``logits_all=True`` (which would make
+llama.cpp compute the vocabulary projection for every prompt token). The logprob of each
+chosen token is read from the logits row llama.cpp just sampled from.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+import threading
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any, Final
+
+import anyio
+import msgspec
+import numpy as np
+import structlog
+
+from lmteams.errors import BackendError, ConfigError, DeviceUnavailableError
+from lmteams.hardware._detect import DeviceInfo, backend_kind, ggml_devices, physical_cores
+from lmteams.hardware._models import ModelFile, resolve_model
+from lmteams.hardware._threads import run_in_thread
+from lmteams.hardware._types import (
+    BACKEND_KINDS,
+    BackendConfig,
+    Completion,
+    GenerateRequest,
+    Timings,
+)
+
+if TYPE_CHECKING:
+    from llama_cpp import Llama
+
+__all__ = ("LlamaBackend", "LlamaStatistics", "select_device", "REBUILD_HINTS")
+
+log = structlog.get_logger(__name__)
+
+_REINSTALL: Final = "pip install --force-reinstall --no-cache-dir llama-cpp-python"
+REBUILD_HINTS: Final = {
+    "cuda": f'CMAKE_ARGS="-DGGML_CUDA=on" {_REINSTALL} (needs the CUDA toolkit, nvcc)',
+    "metal": f'CMAKE_ARGS="-DGGML_METAL=on" {_REINSTALL} (macOS on Apple Silicon)',
+    "vulkan": f'CMAKE_ARGS="-DGGML_VULKAN=on" {_REINSTALL} (needs the Vulkan SDK, glslc)',
+}
+_GPU_PREFERENCE: Final = ("cuda", "metal", "vulkan")
+
+# llama.cpp logs through one process-wide callback; we keep the tail so that a failed load
+# can quote llama.cpp's own reason (e.g. "cudaMalloc failed: out of memory") in our error.
+_LOG_TAIL: deque[str] = deque(maxlen=64)
+_log_callback: Any = None
+# Llama() swaps the process's stdout/stderr file descriptors while it loads; two loads in
+# parallel threads could restore each other's /dev/null, so loads are serialised.
+_LOAD_LOCK = threading.Lock()
+
+
+def _install_log_capture() -> None:
+    global _log_callback  # noqa: PLW0603 - one C callback per process, kept alive here
+    if _log_callback is not None:
+        return
+    import llama_cpp  # noqa: PLC0415 - keep `import lmteams.hardware` free of the C library
+
+    @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
+    def _capture(_level: int, text: bytes, _user: ctypes.c_void_p) -> None:
+        _LOG_TAIL.append(text.decode("utf-8", errors="replace").rstrip("\n"))
+
+    llama_cpp.llama_log_set(_capture, ctypes.c_void_p(0))
+    _log_callback = _capture
+
+
+def _log_reason() -> str:
+    lines = [ln for ln in _LOG_TAIL if any(w in ln.lower() for w in ("error", "fail", "memory"))]
+    return "; ".join(lines[-3:])
+
+
+def select_device(
+    kind: str, n_gpu_layers: int, devices: tuple[DeviceInfo, ...] | None = None
+) -> tuple[str, int]:
+    """Pick ``(device label, n_gpu_layers)`` for a config, or explain why the build cannot.
+
+    ``devices`` defaults to what ggml enumerates; tests pass their own.
+    """
+    kind = kind.lower()
+    if kind not in BACKEND_KINDS or kind == "sim":
+        raise ConfigError(
+            f"backend kind {kind!r} is not a llama.cpp device: use one of "
+            f"{', '.join(k for k in BACKEND_KINDS if k != 'sim')}"
+        )
+    if kind == "cpu":
+        return "cpu", 0
+    if devices is None:
+        found = ggml_devices()
+        devices = found[1] if found is not None else None
+    if devices is None:
+        return _select_without_enumeration(kind, n_gpu_layers)
+    gpus = [d for d in devices if d.type in ("gpu", "igpu")]
+    by_kind = {k: [d for d in gpus if backend_kind(d.backend) == k] for k in _GPU_PREFERENCE}
+    if kind == "auto":
+        for candidate in _GPU_PREFERENCE:
+            if by_kind[candidate] and n_gpu_layers != 0:
+                return f"{candidate}:0", n_gpu_layers
+        return "cpu", 0
+    if not by_kind.get(kind):
+        backends = {backend_kind(d.backend) for d in devices}
+        if kind in backends:
+            raise DeviceUnavailableError(
+                f"this llama.cpp build supports {kind} but found no {kind} device: check the "
+                "driver (nvidia-smi / vulkaninfo) and CUDA_VISIBLE_DEVICES"
+            )
+        raise DeviceUnavailableError(
+            f"device {kind!r} is not available: this llama.cpp build has no {kind} backend "
+            f"(it has: {', '.join(sorted(backends)) or 'none'}). Rebuild llama-cpp-python with "
+            f"{REBUILD_HINTS[kind]}, or use kind='cpu' (or 'auto')"
+        )
+    return (f"{kind}:0", n_gpu_layers) if n_gpu_layers != 0 else ("cpu", 0)
+
+
+def _select_without_enumeration(kind: str, n_gpu_layers: int) -> tuple[str, int]:
+    import llama_cpp  # noqa: PLC0415
+
+    if not llama_cpp.llama_supports_gpu_offload() or n_gpu_layers == 0:
+        if kind == "auto" or n_gpu_layers == 0:
+            return "cpu", 0
+        raise DeviceUnavailableError(
+            f"device {kind!r} is not available: this llama.cpp build cannot offload to a GPU. "
+            f"Rebuild llama-cpp-python with {REBUILD_HINTS[kind]}, or use kind='cpu'"
+        )
+    # The build offloads but does not say to what; trust the config's kind.
+    return (f"{kind}:0" if kind != "auto" else "gpu:0"), n_gpu_layers
+
+
+class LlamaStatistics(msgspec.Struct, frozen=True, kw_only=True):
+    """What a llama.cpp backend has done since it was opened."""
+
+    calls: int
+    completed: int
+    cancelled: int
+    failed: int
+    tokens_in: int
+    tokens_out: int
+
+
+class LlamaBackend:
+    """A loaded GGUF model; create it with :func:`lmteams.hardware.open_backend`."""
+
+    def __init__(
+        self, llm: Llama, *, model: ModelFile, device: str, load_s: float, seed: int = 0
+    ) -> None:
+        self._llm = llm
+        self._seed = seed
+        self._model = model
+        self._device = device
+        self._pending_load_s = load_s
+        self._lock = anyio.Lock()
+        self._closed = False
+        self._n_vocab = int(llm.n_vocab())
+        self._formatter = _chat_formatter(llm)
+        self._warned_no_template = False
+        # Written only by the worker thread that holds the lock, read by anyone.
+        self._stats = {
+            "calls": 0,
+            "completed": 0,
+            "cancelled": 0,
+            "failed": 0,
+            "tokens_in": 0,
+            "tokens_out": 0,
+        }
+
+    def statistics(self) -> LlamaStatistics:
+        """Counters since open; a cancelled call is counted before its lock is released."""
+        return LlamaStatistics(**self._stats)
+
+    @property
+    def device(self) -> str:
+        return self._device
+
+    @property
+    def model(self) -> str:
+        return self._model.name
+
+    @classmethod
+    async def open(cls, config: BackendConfig) -> LlamaBackend:
+        """Pick the device, resolve (and if needed pull) the model, load it off the loop."""
+        # Device first: a config this build cannot run should fail before a model download.
+        device, n_gpu_layers = select_device(config.kind, config.n_gpu_layers)
+        model = await anyio.to_thread.run_sync(lambda: resolve_model(config.model))
+        threads = config.n_threads or physical_cores()
+
+        started = time.perf_counter()
+        llm = await run_in_thread(
+            lambda _stop: _load(model, device, n_gpu_layers, threads, config),
+            discard=lambda loaded: loaded.close(),
+        )
+        load_s = time.perf_counter() - started
+        log.info("backend.loaded", model=model.name, device=device, load_s=round(load_s, 3))
+        return cls(llm, model=model, device=device, load_s=load_s, seed=config.seed)
+
+    async def generate(self, request: GenerateRequest) -> Completion:
+        """Generate off the event loop; cancellation stops at the next token."""
+        async with self._lock:
+            if self._closed:
+                raise BackendError(f"backend for {self.model} on {self.device} is closed")
+            completion = await run_in_thread(lambda stop: self._generate_sync(request, stop))
+            load_s, self._pending_load_s = self._pending_load_s, 0.0
+            if not load_s:
+                return completion
+            timings = msgspec.structs.replace(completion.timings, load_s=load_s)
+            return msgspec.structs.replace(completion, timings=timings)
+
+    async def aclose(self) -> None:
+        """Free the model once in-flight generation has finished."""
+        async with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            await anyio.to_thread.run_sync(self._llm.close)
+
+    # -- worker-thread side -------------------------------------------------------------------
+
+    def _prompt_tokens(self, request: GenerateRequest) -> list[int]:
+        if request.chat and self._formatter is not None:
+            messages = [{"role": "system", "content": request.system}] if request.system else []
+            messages.append({"role": "user", "content": request.prompt})
+            try:
+                text = self._formatter(messages=messages).prompt
+            except Exception as exc:  # jinja templates raise anything
+                raise BackendError(f"the chat template of {self.model} failed: {exc}") from exc
+            return list(self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))
+        if request.chat and not self._warned_no_template:
+            self._warned_no_template = True
+            log.warning("backend.no_chat_template", model=self.model, fallback="raw completion")
+        text = f"{request.system}\n\n{request.prompt}" if request.system else request.prompt
+        return list(self._llm.tokenize(text.encode("utf-8"), add_bos=True, special=True))
+
+    def _generate_sync(self, request: GenerateRequest, stop: threading.Event) -> Completion:
+        self._stats["calls"] += 1
+        try:
+            done = self._decode(request, stop)
+        except BaseException:
+            self._stats["failed"] += 1
+            raise
+        self._stats["cancelled" if done.finish_reason == "cancelled" else "completed"] += 1
+        self._stats["tokens_in"] += done.tokens_in
+        self._stats["tokens_out"] += done.tokens_out
+        return done
+
+    def _decode(self, request: GenerateRequest, stop: threading.Event) -> Completion:
+        import llama_cpp  # noqa: PLC0415
+
+        llm = self._llm
+        started = time.perf_counter()
+        prompt = self._prompt_tokens(request)
+        budget = self._budget(len(prompt), request.max_tokens)
+        llm.set_seed(request.seed if request.seed is not None else self._seed)
+        vocab = llama_cpp.llama_model_get_vocab(llm.model)
+        tokens: list[int] = []
+        logprobs: list[float] = []
+        finish = "length"
+        first_token_at: float | None = None
+        text = ""
+        # Forget the KV cache: reusing a cached prompt prefix re-evaluates the last prompt
+        # token in a batch of one, whose kernels round differently from the full batch, so
+        # the same greedy request could answer differently the second time. Reproducible
+        # answers matter more to voting and studies than the prefix-cache saving.
+        llm.reset()  # type: ignore[no-untyped-call]  # unannotated in llama-cpp-python
+        generator = llm.generate(
+            prompt,
+            top_k=40,
+            top_p=request.top_p,
+            min_p=0.05,
+            temp=request.temperature,
+            repeat_penalty=1.0,
+        )
+        try:
+            for token in generator if budget else ():
+                if first_token_at is None:
+                    first_token_at = time.perf_counter()
+                if stop.is_set():
+                    finish = "cancelled"
+                    break
+                if llama_cpp.llama_vocab_is_eog(vocab, token):
+                    finish = "stop"
+                    break
+                if request.logprobs:
+                    logprobs.append(self._chosen_logprob(int(token)))
+                tokens.append(int(token))
+                if request.stop:
+                    text = self._text(tokens, prompt)
+                    cut = min((i for s in request.stop if (i := text.find(s)) >= 0), default=-1)
+                    if cut >= 0:
+                        text, finish = text[:cut], "stop"
+                        break
+                if len(tokens) >= budget:
+                    break
+        except (RuntimeError, ValueError) as exc:  # llama_decode failures, buffer overruns
+            raise BackendError(
+                f"llama.cpp failed while generating on {self.device}: {exc} "
+                f"{_log_reason()}. If the context is full, lower max_tokens or raise n_ctx"
+            ) from exc
+        finally:
+            generator.close()
+        ended = time.perf_counter()
+        if not (request.stop and finish == "stop"):
+            text = self._text(tokens, prompt)
+        first = first_token_at if first_token_at is not None else ended
+        return Completion(
+            text=text,
+            tokens_in=len(prompt),
+            tokens_out=len(tokens),
+            timings=Timings(prompt_s=first - started, generation_s=ended - first),
+            finish_reason=finish,
+            device=self.device,
+            model=self.model,
+            logprobs=tuple(logprobs) if request.logprobs else None,
+        )
+
+    def _budget(self, prompt_tokens: int, max_tokens: int) -> int:
+        """How many tokens may be generated: ``max_tokens`` clipped to the context left."""
+        if not prompt_tokens:
+            raise BackendError("empty prompt: there is nothing to complete")
+        # llama.cpp may round the context up; llama-cpp-python's token buffer keeps the size
+        # that was asked for, and overrunning it corrupts state, so the smaller one rules.
+        n_ctx = min(int(self._llm.n_ctx()), len(self._llm.input_ids))
+        if prompt_tokens >= n_ctx:
+            raise BackendError(
+                f"context overflow: the prompt is {prompt_tokens} tokens but n_ctx is {n_ctx}; "
+                "shorten the prompt or open the backend with a larger BackendConfig.n_ctx"
+            )
+        return max(0, min(max_tokens, n_ctx - prompt_tokens))
+
+    def _text(self, tokens: list[int], prompt: list[int]) -> str:
+        raw: bytes = self._llm.detokenize(tokens, prev_tokens=prompt)
+        return raw.decode("utf-8", errors="ignore")
+
+    def _chosen_logprob(self, token: int) -> float:
+        """log p(token) under the distribution llama.cpp just sampled from (pre-temperature)."""
+        import llama_cpp  # noqa: PLC0415
+
+        pointer = llama_cpp.llama_get_logits_ith(self._llm.ctx, -1)
+        logits = np.ctypeslib.as_array(pointer, shape=(self._n_vocab,))
+        peak = float(logits.max())
+        log_z = peak + math.log(float(np.exp(logits - peak).sum()))
+        return float(logits[token]) - log_z
+
+
+def _chat_formatter(llm: Llama) -> Any:
+    """The GGUF's own chat template, rendered the way llama-cpp-python renders it."""
+    import llama_cpp  # noqa: PLC0415
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter  # noqa: PLC0415
+
+    template = llm.metadata.get("tokenizer.chat_template")
+    if not template:
+        return None
+    vocab = llama_cpp.llama_model_get_vocab(llm.model)
+
+    def text_of(token: int) -> str:
+        if token < 0:
+            return ""
+        return bytes(llama_cpp.llama_vocab_get_text(vocab, token)).decode("utf-8", "replace")
+
+    return Jinja2ChatFormatter(
+        template=template,
+        eos_token=text_of(int(llm.token_eos())),
+        bos_token=text_of(int(llm.token_bos())),
+    )
+
+
+def _load(
+    model: ModelFile, device: str, n_gpu_layers: int, threads: int, config: BackendConfig
+) -> Llama:
+    from llama_cpp import Llama  # noqa: PLC0415
+
+    _install_log_capture()
+    with _LOAD_LOCK:
+        _LOG_TAIL.clear()
+        try:
+            return Llama(
+                model_path=model.path,
+                n_gpu_layers=n_gpu_layers if device != "cpu" else 0,
+                n_ctx=config.n_ctx,
+                n_threads=threads,
+                n_threads_batch=threads,
+                seed=config.seed,
+                verbose=False,
+            )
+        except (ValueError, RuntimeError, OSError) as exc:
+            reason = _log_reason() or str(exc)
+            hint = (
+                "out of memory: try a smaller n_ctx, fewer n_gpu_layers (partial offload) or "
+                "a smaller model"
+                if "memory" in reason.lower() or "alloc" in reason.lower()
+                else "check that the file is a GGUF this llama.cpp version supports"
+            )
+            raise BackendError(
+                f"llama.cpp could not load {model.name} ({model.path}) on {device} "
+                f"with n_ctx={config.n_ctx}: {reason}; {hint}"
+            ) from exc

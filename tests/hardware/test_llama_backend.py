@@ -1,0 +1,170 @@
+"""The real llama.cpp CPU backend on the real default model (SmolLM2-135M)."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import anyio
+import pytest
+
+from lmteams.errors import BackendError
+from lmteams.hardware import (
+    Backend,
+    BackendConfig,
+    Completion,
+    GenerateRequest,
+    LlamaBackend,
+    ModelFile,
+    open_backend,
+)
+
+pytestmark = pytest.mark.slow
+
+# A raw prompt the model continues indefinitely, so generation runs until we stop it.
+COUNTING = GenerateRequest(prompt="1, 2, 3, 4, 5, 6, 7, 8,", chat=False, max_tokens=1500)
+
+
+async def test_chat_completion(cpu_backend: LlamaBackend) -> None:
+    assert isinstance(cpu_backend, Backend)
+    done = await cpu_backend.generate(
+        GenerateRequest(prompt="What is the capital of France?", max_tokens=24)
+    )
+    assert done.text.strip()
+    assert done.tokens_in > 5  # the chat template wraps the prompt
+    assert 0 < done.tokens_out <= 24
+    assert done.finish_reason in ("stop", "length")
+    assert done.device == "cpu"
+    assert done.model == "smollm2-135m"
+    assert done.logprobs is None
+    assert done.timings.load_s > 0
+    assert done.timings.prompt_s > 0
+    assert done.timings.generation_s >= 0
+    again = await cpu_backend.generate(GenerateRequest(prompt="And of Spain?", max_tokens=8))
+    assert again.timings.load_s == 0.0  # the load is reported once
+
+
+async def test_max_tokens_is_respected(cpu_backend: LlamaBackend) -> None:
+    done = await cpu_backend.generate(
+        GenerateRequest(prompt="1, 2, 3, 4,", chat=False, max_tokens=7)
+    )
+    assert done.tokens_out == 7
+    assert done.finish_reason == "length"
+
+
+async def test_stop_strings_cut_the_text(cpu_backend: LlamaBackend) -> None:
+    done = await cpu_backend.generate(
+        GenerateRequest(prompt="1, 2, 3, 4,", chat=False, max_tokens=40, stop=("9",))
+    )
+    assert done.finish_reason == "stop"
+    assert "9" not in done.text
+    assert "5" in done.text
+
+
+async def test_greedy_is_deterministic(cpu_backend: LlamaBackend) -> None:
+    request = GenerateRequest(prompt="Name a colour.", max_tokens=12)
+    first = await cpu_backend.generate(request)
+    second = await cpu_backend.generate(request)
+    assert first.text == second.text
+
+
+async def test_logprobs_one_per_token(cpu_backend: LlamaBackend) -> None:
+    done = await cpu_backend.generate(
+        GenerateRequest(prompt="Say hello.", max_tokens=12, logprobs=True)
+    )
+    assert done.logprobs is not None
+    assert len(done.logprobs) == done.tokens_out > 0
+    assert all(lp <= 0.0 for lp in done.logprobs)
+    # Greedy decoding picks the most likely token, which is rarely very unlikely.
+    assert sum(done.logprobs) / len(done.logprobs) > -5.0
+
+
+async def test_cancellation_stops_generation(cpu_backend: LlamaBackend) -> None:
+    with anyio.move_on_after(0.2) as scope:
+        await cpu_backend.generate(COUNTING)
+    assert scope.cancelled_caught
+    # The worker thread has already returned: the lock is released only after it stops.
+    stats = cpu_backend.statistics()
+    assert stats.cancelled == 1
+    assert stats.tokens_out < COUNTING.max_tokens
+    done = await cpu_backend.generate(GenerateRequest(prompt="Hi!", max_tokens=4))
+    assert done.tokens_out > 0
+    assert cpu_backend.statistics().completed == 1
+
+
+async def test_calls_are_serialised_and_the_loop_keeps_ticking(
+    cpu_backend: LlamaBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    active = peak = 0
+    guard = threading.Lock()
+    original = cpu_backend._generate_sync
+
+    def counting(request: GenerateRequest, stop: threading.Event) -> Completion:
+        nonlocal active, peak
+        with guard:
+            active += 1
+            peak = max(peak, active)
+        try:
+            return original(request, stop)
+        finally:
+            with guard:
+                active -= 1
+
+    monkeypatch.setattr(cpu_backend, "_generate_sync", counting)
+    ticks = 0
+    results: list[Completion] = []
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await anyio.sleep(0.005)
+            ticks += 1
+
+    async def ask(n: int) -> None:
+        request = GenerateRequest(prompt=f"{n}, {n + 1},", chat=False, max_tokens=24)
+        results.append(await cpu_backend.generate(request))
+
+    async with anyio.create_task_group() as outer:
+        outer.start_soon(ticker)
+        async with anyio.create_task_group() as calls:
+            for n in range(3):
+                calls.start_soon(ask, n)
+        outer.cancel_scope.cancel()
+    assert len(results) == 3
+    assert peak == 1
+    assert ticks >= 3  # 72 tokens take far longer than a few 5 ms ticks
+
+
+async def test_context_overflow_is_a_backend_error(default_model: ModelFile) -> None:
+    config = BackendConfig(kind="cpu", model=default_model.name, n_ctx=64)
+    async with open_backend(config) as backend:
+        with pytest.raises(BackendError, match="context overflow"):
+            await backend.generate(GenerateRequest(prompt="word " * 200, chat=False))
+        done = await backend.generate(GenerateRequest(prompt="Hi", chat=False, max_tokens=500))
+        assert done.tokens_in + done.tokens_out <= 64  # max_tokens clipped to the context
+
+
+async def test_corrupt_gguf_is_a_backend_error(tmp_path: Path) -> None:
+    bogus = tmp_path / "bogus.gguf"
+    bogus.write_bytes(b"GGUF" + b"\0" * 64)
+    with pytest.raises(BackendError, match="could not load"):
+        async with open_backend(BackendConfig(kind="cpu", model=str(bogus))):
+            pass
+
+
+async def test_closed_backend_refuses_work(default_model: ModelFile) -> None:
+    async with open_backend(BackendConfig(kind="cpu", model=default_model.name)) as backend:
+        pass
+    with pytest.raises(BackendError, match="closed"):
+        await backend.generate(GenerateRequest(prompt="Hi"))
+
+
+async def test_auto_picks_cpu_on_a_cpu_only_build(default_model: ModelFile) -> None:
+    async with open_backend(BackendConfig(model=default_model.name)) as backend:
+        assert backend.device == "cpu"
+
+
+async def test_empty_raw_prompt_is_a_backend_error(cpu_backend: LlamaBackend) -> None:
+    with pytest.raises(BackendError, match="empty prompt"):
+        await cpu_backend.generate(GenerateRequest(prompt="", chat=False))
+    assert (await cpu_backend.generate(GenerateRequest(prompt="Hi", max_tokens=2))).tokens_out
