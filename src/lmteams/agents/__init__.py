@@ -1,0 +1,62 @@
+"""Agents: actors on the bus, their runtime and supervision, agent daemons, and tasks.
+
+An agent is an actor that serves a team: it pulls tasks from the team's JetStream work
+queue, answers them with its hardware backend, and publishes exactly one result per task.
+"""
+
+from lmteams.agents._actor import Actor, handler
+from lmteams.agents._messages import (
+    STRATEGIES,
+    AgentAnswer,
+    AgentInfo,
+    Answer,
+    Heartbeat,
+    Leave,
+    Ping,
+    Pong,
+    Progress,
+    Prompt,
+    Result,
+    Stage,
+    Stop,
+    Task,
+)
+from lmteams.agents._ref import ActorRef
+from lmteams.agents._runtime import (
+    ActorContext,
+    ActorState,
+    ActorStatistics,
+    RestartPolicy,
+    Runtime,
+    dead_letter,
+    open_runtime,
+)
+
+__all__ = (
+    # actors
+    "Actor",
+    "handler",
+    "ActorRef",
+    "ActorContext",
+    "ActorState",
+    "ActorStatistics",
+    "RestartPolicy",
+    "Runtime",
+    "open_runtime",
+    "dead_letter",
+    # wire types
+    "Task",
+    "Result",
+    "Stage",
+    "Progress",
+    "AgentAnswer",
+    "AgentInfo",
+    "Heartbeat",
+    "Leave",
+    "Prompt",
+    "Answer",
+    "Ping",
+    "Pong",
+    "Stop",
+    "STRATEGIES",
+)

@@ -1,0 +1,169 @@
+"""Wire types of the agents layer: tasks, results, progress, membership, direct prompts.
+
+These Structs are the public contract with any NATS client (see the README's wire section):
+fields are only ever added with defaults, never retyped, so old agents read new messages.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+import msgspec
+
+__all__ = (
+    "Task",
+    "Result",
+    "Stage",
+    "Progress",
+    "AgentAnswer",
+    "AgentInfo",
+    "Heartbeat",
+    "Leave",
+    "Prompt",
+    "Answer",
+    "Ping",
+    "Pong",
+    "Stop",
+    "STRATEGIES",
+)
+
+STRATEGIES = ("single",)
+"""Answer strategies this release implements; consensus adds vote, weighted, debate, quorum."""
+
+
+class Task(msgspec.Struct, frozen=True, kw_only=True, tag="task"):
+    """A prompt for the team. ``id`` names the result subject ``lmt.<team>.results.<id>``."""
+
+    id: str
+    prompt: str
+    system: str | None = None
+    max_tokens: int = 128
+    temperature: float = 0.0
+    seed: int | None = None
+    agents: int = 1
+    strategy: str = "single"
+    submitted_at: float = 0.0  # unix seconds, set by the submitter; for queueing time
+
+
+class AgentAnswer(msgspec.Struct, frozen=True, kw_only=True):
+    """One agent's contribution to a result."""
+
+    agent: str
+    text: str
+    device: str = ""
+    model: str = ""
+    tokens_in: int = 0
+    tokens_out: int = 0
+    seconds: float = 0.0
+
+
+class Result(msgspec.Struct, frozen=True, kw_only=True, tag="result"):
+    """The one answer to a task: ``ok`` with ``answer``, or not ok with ``error``."""
+
+    task_id: str
+    ok: bool
+    answer: str = ""
+    error: str = ""
+    error_kind: str = ""  # decode | invalid | backend | timeout | ...
+    agent: str = ""
+    device: str = ""
+    model: str = ""
+    strategy: str = "single"
+    tokens_in: int = 0
+    tokens_out: int = 0
+    queue_s: float = 0.0
+    prompt_s: float = 0.0
+    generation_s: float = 0.0
+    total_s: float = 0.0
+    deliveries: int = 1  # how many times JetStream handed this task out
+    answers: tuple[AgentAnswer, ...] = ()
+
+
+class Stage(StrEnum):
+    """Progress stages; on the wire they are plain strings."""
+
+    CLAIMED = "claimed"
+    GENERATING = "generating"
+    DONE = "done"
+    FAILED = "failed"
+    HANDED_BACK = "handed_back"
+
+
+class Progress(msgspec.Struct, frozen=True, kw_only=True, tag="progress"):
+    """What an agent is doing with a task, published on ``lmt.<team>.progress.<task>``."""
+
+    task_id: str
+    agent: str
+    stage: Stage
+    detail: str = ""
+    at: float = 0.0
+
+
+class AgentInfo(msgspec.Struct, frozen=True, kw_only=True, tag="agent_info"):
+    """An agent's announcement when it joins: who, where, on what, how fast."""
+
+    agent: str
+    team: str
+    roles: tuple[str, ...] = ("worker",)
+    device: str = ""
+    model: str = ""
+    backend: str = ""
+    host: str = ""
+    pid: int = 0
+    tokens_per_s: float = 0.0  # measured generation rate, 0 until known
+    started_at: float = 0.0
+
+
+class Heartbeat(msgspec.Struct, frozen=True, kw_only=True, tag="heartbeat"):
+    agent: str
+    seq: int
+    in_flight: int = 0
+    served: int = 0
+    state: str = "serving"  # serving | draining
+
+
+class Leave(msgspec.Struct, frozen=True, kw_only=True, tag="leave"):
+    agent: str
+    reason: str = "shutdown"
+
+
+class Prompt(msgspec.Struct, frozen=True, kw_only=True, tag="prompt"):
+    """A direct request to one agent's model (coordinators fan these out)."""
+
+    task_id: str
+    prompt: str
+    system: str | None = None
+    max_tokens: int = 128
+    temperature: float = 0.0
+    seed: int | None = None
+    logprobs: bool = False
+
+
+class Answer(msgspec.Struct, frozen=True, kw_only=True, tag="answer"):
+    task_id: str
+    agent: str
+    text: str
+    device: str = ""
+    model: str = ""
+    tokens_in: int = 0
+    tokens_out: int = 0
+    prompt_s: float = 0.0
+    generation_s: float = 0.0
+    mean_logprob: float | None = None
+
+
+class Ping(msgspec.Struct, frozen=True, kw_only=True, tag="ping"):
+    pass
+
+
+class Pong(msgspec.Struct, frozen=True, kw_only=True, tag="pong"):
+    agent: str
+    state: str = "serving"
+    served: int = 0
+    mailbox: int = 0
+
+
+class Stop(msgspec.Struct, frozen=True, kw_only=True, tag="stop"):
+    """A control message: drain and leave (sent on ``lmt.<team>.control.<agent>``)."""
+
+    reason: str = "requested"

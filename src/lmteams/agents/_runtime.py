@@ -1,0 +1,395 @@
+"""The runtime: hosts actors on one bus connection and supervises them one-for-one.
+
+Many actors share a process (tests, edge devices, studies with hundreds of simulated agents)
+or each has its own (production daemons); either way they meet only through subjects.
+A crashed actor is restarted with exponential backoff, up to an intensity limit, so one
+faulty agent cannot spin the process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from enum import StrEnum
+from typing import Any
+
+import anyio
+import msgspec
+import structlog
+from anyio.abc import TaskGroup, TaskStatus
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from nats.aio.msg import Msg
+
+from lmteams.agents._actor import Actor
+from lmteams.agents._ref import ActorRef
+from lmteams.bus import Bus, ErrorReply, Incoming, Subjects, Subscription, validate_token
+from lmteams.errors import ConfigError, DecodeError
+
+__all__ = (
+    "ActorContext",
+    "ActorState",
+    "ActorStatistics",
+    "RestartPolicy",
+    "Runtime",
+    "open_runtime",
+    "dead_letter",
+)
+
+log = structlog.get_logger(__name__)
+
+H_DEAD_REASON = "Lmt-Dead-Reason"
+H_DEAD_SUBJECT = "Lmt-Dead-Subject"
+
+
+class ActorState(StrEnum):
+    STARTING = "starting"
+    RUNNING = "running"
+    RESTARTING = "restarting"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    FAILED = "failed"  # gave up after too many restarts
+
+
+class RestartPolicy(msgspec.Struct, frozen=True, kw_only=True):
+    """One-for-one supervision: at most ``max_restarts`` within ``window_s``, then give up."""
+
+    max_restarts: int = 5
+    window_s: float = 60.0
+    backoff_s: float = 0.1
+    backoff_max_s: float = 5.0
+
+
+class ActorStatistics(msgspec.Struct, frozen=True, kw_only=True):
+    actor_id: str
+    state: ActorState
+    processed: int
+    errors: int
+    restarts: int
+    mailbox: int
+
+
+class ActorContext:
+    """What an actor knows of its place: id, team, bus, and how to reach others."""
+
+    def __init__(self, runtime: Runtime, actor_id: str, roles: tuple[str, ...]) -> None:
+        self.runtime = runtime
+        self.actor_id = actor_id
+        self.roles = roles
+        self.bus = runtime.bus
+        self.subjects = runtime.subjects
+        self.team = runtime.subjects.team
+        self.log = log.bind(agent_id=actor_id, team=self.team)
+
+    def ref(self, actor_id: str) -> ActorRef:
+        return self.runtime.ref(actor_id)
+
+    @property
+    def self_ref(self) -> ActorRef:
+        return self.runtime.ref(self.actor_id)
+
+
+async def dead_letter(bus: Bus, subjects: Subjects, msg: Msg, kind: str, reason: str) -> None:
+    """Keep an unusable message, with why, in the team's dead-letter stream."""
+    headers = dict(msg.headers or {})
+    headers[H_DEAD_REASON] = reason.replace("\r", " ").replace("\n", " ")[:1000]
+    headers[H_DEAD_SUBJECT] = msg.subject
+    await bus.publish_raw(subjects.dead(kind), msg.data, headers)
+
+
+def _unwrap(exc: Exception) -> Exception:
+    """A task group wraps a lone failure in an ExceptionGroup; report the failure itself."""
+    while isinstance(exc, ExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+class _Cell:
+    """One hosted actor: its mailbox, subscriptions, counters and supervision loop."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        actor_id: str,
+        factory: Callable[[], Actor],
+        roles: tuple[str, ...],
+        policy: RestartPolicy,
+        drain_timeout: float,
+    ) -> None:
+        self.runtime = runtime
+        self.actor_id = actor_id
+        self.factory = factory
+        self.roles = roles
+        self.policy = policy
+        self.drain_timeout = drain_timeout
+        self.state = ActorState.STARTING
+        self.processed = 0
+        self.errors = 0
+        self.restarts = 0
+        self.stop_requested = anyio.Event()
+        self.stopped = anyio.Event()
+        self._send: MemoryObjectSendStream[Incoming[Any]] | None = None
+        self._log = log.bind(agent_id=actor_id, team=runtime.subjects.team)
+
+    def statistics(self) -> ActorStatistics:
+        depth = self._send.statistics().current_buffer_used if self._send else 0
+        return ActorStatistics(
+            actor_id=self.actor_id,
+            state=self.state,
+            processed=self.processed,
+            errors=self.errors,
+            restarts=self.restarts,
+            mailbox=depth,
+        )
+
+    async def supervise(self, *, task_status: TaskStatus[None]) -> None:
+        crashes: deque[float] = deque()
+        started = False
+        try:
+            while not self.stop_requested.is_set():
+                actor = self.factory()
+                actor._context = ActorContext(self.runtime, self.actor_id, self.roles)
+                try:
+                    await self._incarnation(actor, task_status if not started else None)
+                    started = True
+                    break
+                except Exception as raised:
+                    started = True
+                    exc = _unwrap(raised)
+                    self.errors += 1
+                    self._log.error("actor.crashed", error=f"{type(exc).__name__}: {exc}")
+                    with contextlib.suppress(Exception):
+                        await actor.on_failure(exc)
+                    now = time.monotonic()
+                    crashes.append(now)
+                    while crashes and now - crashes[0] > self.policy.window_s:
+                        crashes.popleft()
+                    if len(crashes) > self.policy.max_restarts:
+                        self.state = ActorState.FAILED
+                        self._log.error("actor.gave_up", crashes=len(crashes))
+                        return
+                    self.restarts += 1
+                    self.state = ActorState.RESTARTING
+                    delay = min(
+                        self.policy.backoff_max_s, self.policy.backoff_s * 2 ** (len(crashes) - 1)
+                    )
+                    self._log.warning("actor.restarting", in_s=round(delay, 3))
+                    with anyio.move_on_after(delay):
+                        await self.stop_requested.wait()
+            self.state = ActorState.STOPPED
+        finally:
+            if not started:  # never got going: do not leave spawn() waiting
+                task_status.started()
+            self.stopped.set()
+
+    async def _incarnation(self, actor: Actor, task_status: TaskStatus[None] | None) -> None:
+        bus = self.runtime.bus
+        subjects = self.runtime.subjects
+        send, receive = anyio.create_memory_object_stream[Incoming[Any]](actor.mailbox_size)
+        self._send = send
+        subs: list[Subscription] = []
+        try:
+            await actor.on_start()
+            codec = type(actor)._codec
+            if codec is not None:
+                subs.append(
+                    await bus.subscribe(
+                        subjects.agent(self.actor_id),
+                        self._enqueue,
+                        codec=codec,
+                        on_decode_error=self._on_decode_error,
+                    )
+                )
+                for role in self.roles:
+                    subs.append(
+                        await bus.subscribe(
+                            subjects.role(role),
+                            self._enqueue,
+                            codec=codec,
+                            queue=role,
+                            on_decode_error=self._on_decode_error,
+                        )
+                    )
+            self.state = ActorState.RUNNING
+            self._log.info("actor.started", roles=list(self.roles))
+            if task_status is not None:
+                task_status.started()
+            mailbox_done = anyio.Event()
+            body_done = anyio.Event()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._serve, actor, receive, mailbox_done)
+                tg.start_soon(self._run_body, actor, body_done)
+                await self.stop_requested.wait()
+                # graceful: no new messages, finish what is queued and in flight (bounded)
+                self.state = ActorState.STOPPING
+                for sub in subs:
+                    await sub.unsubscribe()
+                subs.clear()
+                send.close()
+                with anyio.move_on_after(self.drain_timeout):
+                    await actor.on_drain()
+                    await mailbox_done.wait()
+                    if type(actor).on_drain is not Actor.on_drain:  # it ends its body itself
+                        await body_done.wait()
+                tg.cancel_scope.cancel()
+        finally:
+            send.close()
+            for sub in subs:
+                await sub.unsubscribe()
+            with anyio.CancelScope(shield=True):
+                await self._refuse_leftovers(receive)
+                try:
+                    await actor.on_stop()
+                except Exception:
+                    self._log.exception("actor.on_stop_failed")
+            self._log.info("actor.stopped")
+
+    async def _run_body(self, actor: Actor, done: anyio.Event) -> None:
+        try:
+            await actor.run()
+        finally:
+            done.set()
+
+    async def _serve(
+        self,
+        actor: Actor,
+        receive: MemoryObjectReceiveStream[Incoming[Any]],
+        done: anyio.Event,
+    ) -> None:
+        try:
+            async with receive:
+                async for incoming in receive:
+                    await self._handle(actor, incoming)
+        finally:
+            done.set()
+
+    async def _handle(self, actor: Actor, incoming: Incoming[Any]) -> None:
+        body = incoming.body
+        task_id = getattr(body, "task_id", None) or getattr(body, "id", "")
+        with structlog.contextvars.bound_contextvars(
+            agent_id=self.actor_id, task_id=task_id, trace_id=incoming.envelope.trace
+        ):
+            try:
+                reply = await actor.dispatch(body)
+            except Exception as exc:
+                self.errors += 1
+                self._log.warning("actor.handler_error", error=f"{type(exc).__name__}: {exc}")
+                if incoming.reply:
+                    await incoming.respond(
+                        ErrorReply(
+                            kind="handler",
+                            message=f"{type(exc).__name__}: {exc}",
+                            task_id=str(task_id),
+                        ),
+                        sender=self.actor_id,
+                    )
+                return
+            self.processed += 1
+            if reply is not None and incoming.reply:
+                await incoming.respond(reply, sender=self.actor_id)
+
+    async def _enqueue(self, incoming: Incoming[Any]) -> None:
+        send = self._send
+        if send is None or self.state is not ActorState.RUNNING:
+            await self._refuse(incoming, "actor_dead", f"actor {self.actor_id} is stopping")
+            return
+        try:
+            send.send_nowait(incoming)
+        except anyio.WouldBlock:
+            if incoming.reply:  # a request: tell the caller now rather than time out
+                await self._refuse(
+                    incoming, "busy", f"mailbox of {self.actor_id} is full ({send.statistics().max_buffer_size})"
+                )
+            else:  # a tell: backpressure onto the subscription
+                await send.send(incoming)
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            await self._refuse(incoming, "actor_dead", f"actor {self.actor_id} is stopping")
+
+    async def _refuse(self, incoming: Incoming[Any], kind: str, message: str) -> None:
+        if incoming.reply:
+            await incoming.respond(ErrorReply(kind=kind, message=message), sender=self.actor_id)
+
+    async def _refuse_leftovers(self, receive: MemoryObjectReceiveStream[Incoming[Any]]) -> None:
+        while True:
+            try:
+                incoming = receive.receive_nowait()
+            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                return
+            await self._refuse(incoming, "actor_dead", f"actor {self.actor_id} stopped")
+
+    async def _on_decode_error(self, msg: Msg, err: DecodeError) -> None:
+        self.errors += 1
+        await dead_letter(
+            self.runtime.bus, self.runtime.subjects, msg, "decode", f"{err.field} {err.reason}".strip()
+        )
+
+
+class Runtime:
+    """Hosts actors on one bus connection for one team. Create with ``open_runtime``."""
+
+    def __init__(self, bus: Bus, subjects: Subjects, tg: TaskGroup) -> None:
+        self.bus = bus
+        self.subjects = subjects
+        self._tg = tg
+        self._cells: dict[str, _Cell] = {}
+
+    async def spawn(
+        self,
+        factory: Callable[[], Actor] | Actor,
+        *,
+        actor_id: str,
+        roles: tuple[str, ...] = (),
+        policy: RestartPolicy | None = None,
+        drain_timeout: float = 30.0,
+    ) -> ActorRef:
+        """Start an actor and return its ref once it serves (``on_start`` has run).
+
+        Pass a factory (a class or a function) so a restart gets a fresh actor; an instance
+        is reused as it is across restarts.
+        """
+        validate_token(actor_id, "actor id")
+        if actor_id in self._cells and not self._cells[actor_id].stopped.is_set():
+            raise ConfigError(f"an actor named {actor_id!r} already runs in this runtime")
+        make = (lambda: factory) if isinstance(factory, Actor) else factory
+        cell = _Cell(self, actor_id, make, roles, policy or RestartPolicy(), drain_timeout)
+        self._cells[actor_id] = cell
+        await self._tg.start(cell.supervise)
+        return self.ref(actor_id)
+
+    def ref(self, actor_id: str) -> ActorRef:
+        return ActorRef(self.bus, self.subjects, actor_id)
+
+    async def stop(self, actor_id: str, *, timeout: float | None = None) -> None:
+        """Stop one actor gracefully (drain, then ``on_stop``) and wait until it has."""
+        cell = self._cells.get(actor_id)
+        if cell is None:
+            return
+        cell.stop_requested.set()
+        with anyio.move_on_after(timeout if timeout is not None else cell.drain_timeout + 5):
+            await cell.stopped.wait()
+
+    async def stop_all(self) -> None:
+        async with anyio.create_task_group() as tg:
+            for actor_id in list(self._cells):
+                tg.start_soon(self.stop, actor_id)
+
+    def statistics(self) -> list[ActorStatistics]:
+        return [cell.statistics() for cell in self._cells.values()]
+
+    def state(self, actor_id: str) -> ActorState | None:
+        cell = self._cells.get(actor_id)
+        return cell.state if cell else None
+
+
+@contextlib.asynccontextmanager
+async def open_runtime(bus: Bus, team: str) -> AsyncIterator[Runtime]:
+    """Host actors for the duration of the block; every actor is stopped gracefully on exit."""
+    async with anyio.create_task_group() as tg:
+        runtime = Runtime(bus, Subjects(team), tg)
+        try:
+            yield runtime
+        finally:
+            with anyio.CancelScope(shield=True):
+                await runtime.stop_all()
+            tg.cancel_scope.cancel()
