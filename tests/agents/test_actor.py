@@ -230,9 +230,10 @@ async def test_roles_spread_work_across_actors(bus: Bus) -> None:
 
 async def test_location_transparency_across_connections(nats_server: EmbeddedServer) -> None:
     """The same ref works whether the actor is in this runtime or another process's."""
-    async with open_bus(nats_server.url, name="host") as host_bus, open_bus(
-        nats_server.url, name="client"
-    ) as client_bus:
+    async with (
+        open_bus(nats_server.url, name="host") as host_bus,
+        open_bus(nats_server.url, name="client") as client_bus,
+    ):
         async with open_runtime(host_bus, "t") as host, open_runtime(client_bus, "t") as client:
             await host.spawn(Calculator, actor_id="calc")
             remote = client.ref("calc")

@@ -5,6 +5,7 @@ queue, answers them with its hardware backend, and publishes exactly one result 
 """
 
 from lmteams.agents._actor import Actor, handler
+from lmteams.agents._client import TeamClient, connect, resolve_url
 from lmteams.agents._messages import (
     STRATEGIES,
     AgentAnswer,
@@ -22,6 +23,9 @@ from lmteams.agents._messages import (
     Task,
 )
 from lmteams.agents._ref import ActorRef
+from lmteams.agents._state import UpState, clear_state, read_state, state_dir, write_state
+from lmteams.agents._tasks import salvage_task_id, task_problem
+from lmteams.agents._worker import WorkerAgent, WorkerConfig
 from lmteams.agents._runtime import (
     ActorContext,
     ActorState,
@@ -44,6 +48,19 @@ __all__ = (
     "Runtime",
     "open_runtime",
     "dead_letter",
+    # agents and clients
+    "WorkerAgent",
+    "WorkerConfig",
+    "TeamClient",
+    "connect",
+    "resolve_url",
+    "task_problem",
+    "salvage_task_id",
+    "UpState",
+    "read_state",
+    "write_state",
+    "clear_state",
+    "state_dir",
     # wire types
     "Task",
     "Result",

@@ -20,11 +20,10 @@ import msgspec
 import structlog
 from anyio.abc import TaskGroup, TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
-from nats.aio.msg import Msg
 
 from lmteams.agents._actor import Actor
 from lmteams.agents._ref import ActorRef
-from lmteams.bus import Bus, ErrorReply, Incoming, Subjects, Subscription, validate_token
+from lmteams.bus import Bus, ErrorReply, Incoming, RawMsg, Subjects, Subscription, validate_token
 from lmteams.errors import ConfigError, DecodeError
 
 __all__ = (
@@ -90,7 +89,7 @@ class ActorContext:
         return self.runtime.ref(self.actor_id)
 
 
-async def dead_letter(bus: Bus, subjects: Subjects, msg: Msg, kind: str, reason: str) -> None:
+async def dead_letter(bus: Bus, subjects: Subjects, msg: RawMsg, kind: str, reason: str) -> None:
     """Keep an unusable message, with why, in the team's dead-letter stream."""
     headers = dict(msg.headers or {})
     headers[H_DEAD_REASON] = reason.replace("\r", " ").replace("\n", " ")[:1000]
@@ -299,7 +298,9 @@ class _Cell:
         except anyio.WouldBlock:
             if incoming.reply:  # a request: tell the caller now rather than time out
                 await self._refuse(
-                    incoming, "busy", f"mailbox of {self.actor_id} is full ({send.statistics().max_buffer_size})"
+                    incoming,
+                    "busy",
+                    f"mailbox of {self.actor_id} is full ({send.statistics().max_buffer_size})",
                 )
             else:  # a tell: backpressure onto the subscription
                 await send.send(incoming)
@@ -318,10 +319,14 @@ class _Cell:
                 return
             await self._refuse(incoming, "actor_dead", f"actor {self.actor_id} stopped")
 
-    async def _on_decode_error(self, msg: Msg, err: DecodeError) -> None:
+    async def _on_decode_error(self, msg: RawMsg, err: DecodeError) -> None:
         self.errors += 1
         await dead_letter(
-            self.runtime.bus, self.runtime.subjects, msg, "decode", f"{err.field} {err.reason}".strip()
+            self.runtime.bus,
+            self.runtime.subjects,
+            msg,
+            "decode",
+            f"{err.field} {err.reason}".strip(),
         )
 
 

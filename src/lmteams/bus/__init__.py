@@ -13,7 +13,9 @@ from lmteams.bus._connection import (
     BusStatistics,
     Handler,
     Incoming,
+    RawMsg,
     Subscription,
+    is_json,
     open_bus,
 )
 from lmteams.bus._envelope import JSON, MSGPACK, SCHEMA_VERSION, Envelope, LamportClock, new_id
@@ -36,6 +38,13 @@ from lmteams.bus._server import (
     run_server,
 )
 from lmteams.bus._subjects import ParsedSubject, SubjectKind, Subjects, validate_token
+from lmteams.bus._workqueue import (
+    Delivery,
+    WorkQueue,
+    WorkQueueSettings,
+    last_message,
+    open_work_queue,
+)
 
 __all__ = (
     # server
@@ -56,6 +65,8 @@ __all__ = (
     "Incoming",
     "Handler",
     "Subscription",
+    "RawMsg",
+    "is_json",
     "ENV_URL",
     # envelope and codec
     "Envelope",
@@ -83,4 +94,10 @@ __all__ = (
     "KV",
     "KVEntry",
     "open_kv",
+    # work queue
+    "WorkQueue",
+    "WorkQueueSettings",
+    "Delivery",
+    "open_work_queue",
+    "last_message",
 )

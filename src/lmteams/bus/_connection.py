@@ -54,6 +54,8 @@ __all__ = (
     "Handler",
     "Subscription",
     "open_bus",
+    "is_json",
+    "RawMsg",
     "ENV_URL",
 )
 
@@ -128,6 +130,11 @@ class Incoming(Generic[T]):
         )
 
 
+def is_json(headers: dict[str, str] | None) -> bool:
+    """Whether a message with these headers carries a JSON body (else MessagePack)."""
+    return _is_json(headers, headers.get(H_ENVELOPE) if headers else None)
+
+
 def _is_json(headers: dict[str, str] | None, envelope: str | None) -> bool:
     """JSON when the sender says so, or when a plain client sent no lmteams envelope."""
     if not headers:
@@ -139,6 +146,8 @@ def _is_json(headers: dict[str, str] | None, envelope: str | None) -> bool:
 
 
 Handler = Callable[[Incoming[Any]], Awaitable[None]]
+RawMsg = Msg
+"""A raw NATS message, as dead-letter and decode-error callbacks receive it."""
 DecodeErrorHandler = Callable[[Msg, DecodeError], Awaitable[None]]
 
 
@@ -235,13 +244,16 @@ class Bus:
 
     def decode(self, msg: Msg, codec: Codec[T]) -> T:
         """Decode one raw NATS message strictly; merges the sender's Lamport time."""
-        headers = msg.headers
+        return self.decode_raw(msg.data, msg.headers, codec)
+
+    def decode_raw(self, data: bytes, headers: dict[str, str] | None, codec: Codec[T]) -> T:
+        """``decode`` for bytes and headers from elsewhere (JetStream deliveries, stored msgs)."""
         raw = headers.get(H_ENVELOPE) if headers else None
         if raw:
             with contextlib.suppress(ValueError):
                 self.clock.observe(int(raw[raw.rfind(" ") + 1 :]))
         try:
-            return codec.decode(msg.data, json=_is_json(headers, raw))
+            return codec.decode(data, json=_is_json(headers, raw))
         except DecodeError as err:
             fields: list[str] = raw.split(" ") if raw else []
             err.type_tag = fields[1] if len(fields) == _ENVELOPE_FIELDS else ""

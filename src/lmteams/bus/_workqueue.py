@@ -1,0 +1,122 @@
+"""A team's task queue as seen by one agent: fetch one delivery, then ack, nak or extend.
+
+Wraps a durable JetStream pull consumer shared by every agent of the team: the stream's
+work-queue retention hands each task to one agent at a time, and a task whose agent stops
+acknowledging (a crash, a partition) is delivered again after ``ack_wait``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import msgspec
+import nats.errors
+import nats.js.errors
+from nats.aio.msg import Msg
+from nats.js import api
+
+from lmteams.bus._connection import Bus
+from lmteams.bus._subjects import Subjects
+
+__all__ = ("Delivery", "WorkQueue", "WorkQueueSettings", "open_work_queue", "last_message")
+
+
+class WorkQueueSettings(msgspec.Struct, frozen=True, kw_only=True):
+    durable: str = "workers"
+    ack_wait_s: float = 30.0
+    max_deliver: int = 5
+    max_ack_pending: int = 1000
+
+
+class Delivery:
+    """One task handed to this agent. Settle it exactly once: ack, nak or term."""
+
+    __slots__ = ("_msg", "settled")
+
+    def __init__(self, msg: Msg) -> None:
+        self._msg = msg
+        self.settled = False
+
+    @property
+    def data(self) -> bytes:
+        return bytes(self._msg.data)
+
+    @property
+    def headers(self) -> dict[str, str] | None:
+        return self._msg.headers
+
+    @property
+    def subject(self) -> str:
+        return str(self._msg.subject)
+
+    @property
+    def raw(self) -> Msg:
+        return self._msg
+
+    @property
+    def deliveries(self) -> int:
+        """1 on first delivery, more when JetStream redelivered it."""
+        return int(self._msg.metadata.num_delivered)
+
+    async def ack(self) -> None:
+        """Done: JetStream removes the task (work-queue retention)."""
+        await self._msg.ack_sync(timeout=5)
+        self.settled = True
+
+    async def nak(self, delay: float | None = None) -> None:
+        """Hand the task back for another delivery (now, or after ``delay`` seconds)."""
+        await self._msg.nak(delay=delay)
+        self.settled = True
+
+    async def term(self) -> None:
+        """Never deliver again (a poison message that was dead-lettered)."""
+        await self._msg.term()
+        self.settled = True
+
+    async def in_progress(self) -> None:
+        """Still working: restart the ack-wait clock so the task is not redelivered."""
+        await self._msg.in_progress()
+
+
+class WorkQueue:
+    def __init__(self, sub: object) -> None:
+        self._sub = sub
+
+    async def fetch(self, *, timeout: float = 1.0) -> Delivery | None:
+        """The next task, or None when none arrived within ``timeout``."""
+        try:
+            msgs = await self._sub.fetch(1, timeout=timeout)  # type: ignore[attr-defined]
+        except nats.errors.TimeoutError:
+            return None
+        return Delivery(msgs[0]) if msgs else None
+
+    async def close(self) -> None:
+        with contextlib.suppress(nats.errors.Error):
+            await self._sub.unsubscribe()  # type: ignore[attr-defined]
+
+
+async def open_work_queue(
+    bus: Bus, subjects: Subjects, settings: WorkQueueSettings | None = None
+) -> WorkQueue:
+    """Bind to (creating if absent) the team's shared durable consumer on the tasks stream."""
+    s = settings or WorkQueueSettings()
+    config = api.ConsumerConfig(
+        durable_name=s.durable,
+        ack_policy=api.AckPolicy.EXPLICIT,
+        ack_wait=s.ack_wait_s,
+        max_deliver=s.max_deliver,
+        max_ack_pending=s.max_ack_pending,
+    )
+    sub = await bus.js.pull_subscribe(
+        subjects.tasks, durable=s.durable, stream=subjects.tasks_stream, config=config
+    )
+    return WorkQueue(sub)
+
+
+async def last_message(bus: Bus, stream: str, subject: str) -> tuple[bytes, dict[str, str]] | None:
+    """The newest message stored for ``subject`` in ``stream``, or None."""
+    try:
+        msg = await bus.js.get_last_msg(stream, subject)
+    except nats.js.errors.NotFoundError:
+        return None
+    return bytes(msg.data or b""), dict(msg.headers or {})
