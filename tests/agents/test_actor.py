@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import anyio
 import msgspec
 import pytest
@@ -108,7 +110,7 @@ async def test_unknown_message_type_is_refused_and_dead_lettered(bus: Bus) -> No
 
 
 class Crashy(Actor):
-    starts = 0
+    starts: ClassVar[int] = 0
 
     async def on_start(self) -> None:
         type(self).starts += 1
@@ -134,8 +136,8 @@ async def test_crashing_actor_is_restarted_then_given_up(bus: Bus) -> None:
 
 
 class CrashOnce(Actor):
-    failures: list[str] = []
-    lives = 0
+    failures: ClassVar[list[str]] = []
+    lives: ClassVar[int] = 0
 
     async def on_start(self) -> None:
         type(self).lives += 1
@@ -212,8 +214,6 @@ async def test_graceful_stop_finishes_queued_messages(bus: Bus) -> None:
 
 async def test_roles_spread_work_across_actors(bus: Bus) -> None:
     class Worker(Actor):
-        seen: list[str] = []
-
         @handler
         async def on_echo(self, msg: Echo) -> Echo:
             return Echo(text=self.context.actor_id)
@@ -233,11 +233,12 @@ async def test_location_transparency_across_connections(nats_server: EmbeddedSer
     async with (
         open_bus(nats_server.url, name="host") as host_bus,
         open_bus(nats_server.url, name="client") as client_bus,
+        open_runtime(host_bus, "t") as host,
+        open_runtime(client_bus, "t") as client,
     ):
-        async with open_runtime(host_bus, "t") as host, open_runtime(client_bus, "t") as client:
-            await host.spawn(Calculator, actor_id="calc")
-            remote = client.ref("calc")
-            assert await remote.ask(Add(a=20, b=22), expect=Sum) == Sum(value=42)
+        await host.spawn(Calculator, actor_id="calc")
+        remote = client.ref("calc")
+        assert await remote.ask(Add(a=20, b=22), expect=Sum) == Sum(value=42)
 
 
 def test_handler_signature_is_checked() -> None:

@@ -23,9 +23,6 @@ from lmteams.agents._messages import (
     Task,
 )
 from lmteams.agents._ref import ActorRef
-from lmteams.agents._state import UpState, clear_state, read_state, state_dir, write_state
-from lmteams.agents._tasks import salvage_task_id, task_problem
-from lmteams.agents._worker import WorkerAgent, WorkerConfig
 from lmteams.agents._runtime import (
     ActorContext,
     ActorState,
@@ -35,6 +32,9 @@ from lmteams.agents._runtime import (
     dead_letter,
     open_runtime,
 )
+from lmteams.agents._state import UpState, clear_state, read_state, state_dir, write_state
+from lmteams.agents._tasks import salvage_task_id, task_problem
+from lmteams.agents._worker import WorkerAgent, WorkerConfig
 
 __all__ = (
     # actors

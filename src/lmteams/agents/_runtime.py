@@ -110,6 +110,7 @@ class _Cell:
     def __init__(
         self,
         runtime: Runtime,
+        *,
         actor_id: str,
         factory: Callable[[], Actor],
         roles: tuple[str, ...],
@@ -200,16 +201,15 @@ class _Cell:
                         on_decode_error=self._on_decode_error,
                     )
                 )
-                for role in self.roles:
-                    subs.append(
-                        await bus.subscribe(
-                            subjects.role(role),
-                            self._enqueue,
-                            codec=codec,
-                            queue=role,
-                            on_decode_error=self._on_decode_error,
-                        )
+                for role in self.roles:  # load-balanced: one member of the role gets each
+                    role_sub = await bus.subscribe(
+                        subjects.role(role),
+                        self._enqueue,
+                        codec=codec,
+                        queue=role,
+                        on_decode_error=self._on_decode_error,
                     )
+                    subs.append(role_sub)
             self.state = ActorState.RUNNING
             self._log.info("actor.started", roles=list(self.roles))
             if task_status is not None:
@@ -357,7 +357,14 @@ class Runtime:
         if actor_id in self._cells and not self._cells[actor_id].stopped.is_set():
             raise ConfigError(f"an actor named {actor_id!r} already runs in this runtime")
         make = (lambda: factory) if isinstance(factory, Actor) else factory
-        cell = _Cell(self, actor_id, make, roles, policy or RestartPolicy(), drain_timeout)
+        cell = _Cell(
+            self,
+            actor_id=actor_id,
+            factory=make,
+            roles=roles,
+            policy=policy or RestartPolicy(),
+            drain_timeout=drain_timeout,
+        )
         self._cells[actor_id] = cell
         await self._tg.start(cell.supervise)
         return self.ref(actor_id)

@@ -25,22 +25,28 @@ def task_problem(task: Task) -> str:
         validate_token(task.id, "task id")
     except ConfigError as err:
         return str(err)
-    if not task.prompt.strip():
-        return "the prompt is empty"
-    if not 1 <= task.max_tokens <= MAX_TOKENS_LIMIT:
-        return f"max_tokens must be between 1 and {MAX_TOKENS_LIMIT}, got {task.max_tokens}"
-    if not 0.0 <= task.temperature <= 2.0:
-        return f"temperature must be between 0 and 2, got {task.temperature}"
-    if task.agents < 1:
-        return f"agents must be at least 1, got {task.agents}"
-    if task.strategy not in STRATEGIES:
-        return (
+    checks = (
+        (not task.prompt.strip(), "the prompt is empty"),
+        (
+            not 1 <= task.max_tokens <= MAX_TOKENS_LIMIT,
+            f"max_tokens must be between 1 and {MAX_TOKENS_LIMIT}, got {task.max_tokens}",
+        ),
+        (
+            not 0.0 <= task.temperature <= 2.0,
+            f"temperature must be between 0 and 2, got {task.temperature}",
+        ),
+        (task.agents < 1, f"agents must be at least 1, got {task.agents}"),
+        (
+            task.strategy not in STRATEGIES,
             f"strategy {task.strategy!r} is not available; this release implements "
-            f"{', '.join(STRATEGIES)}"
-        )
-    if task.strategy == "single" and task.agents != 1:
-        return f"strategy 'single' answers with one agent, got agents={task.agents}"
-    return ""
+            f"{', '.join(STRATEGIES)}",
+        ),
+        (
+            task.strategy == "single" and task.agents != 1,
+            f"strategy 'single' answers with one agent, got agents={task.agents}",
+        ),
+    )
+    return next((message for failed, message in checks if failed), "")
 
 
 def salvage_task_id(data: bytes, *, json: bool) -> str:
