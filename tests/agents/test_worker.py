@@ -166,7 +166,7 @@ async def test_invalid_task_is_refused_with_reason(bus: Bus) -> None:
         # ... and an agent refuses one that bypassed the client
         task = Task(id="inv-1", prompt="   ")
         async with client._awaiting("inv-1") as wait:
-            await client.publish(task)
+            await publish_durable(bus, Subjects(TEAM).tasks, task, msg_id=task.id)
             result = await wait(20)
     assert (result.ok, result.error_kind, result.error) == (False, "invalid", "the prompt is empty")
 

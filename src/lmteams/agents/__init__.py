@@ -6,6 +6,7 @@ queue, answers them with its hardware backend, and publishes exactly one result 
 
 from lmteams.agents._actor import Actor, handler
 from lmteams.agents._client import TeamClient, connect, resolve_url
+from lmteams.agents._daemon import DaemonConfig, run_daemon
 from lmteams.agents._messages import (
     STRATEGIES,
     AgentAnswer,
@@ -33,6 +34,12 @@ from lmteams.agents._runtime import (
     open_runtime,
 )
 from lmteams.agents._state import UpState, clear_state, read_state, state_dir, write_state
+from lmteams.agents._supervisor import (
+    AgentProcessInfo,
+    Supervisor,
+    SupervisorConfig,
+    open_supervisor,
+)
 from lmteams.agents._tasks import salvage_task_id, task_problem
 from lmteams.agents._worker import WorkerAgent, WorkerConfig
 
@@ -51,6 +58,12 @@ __all__ = (
     # agents and clients
     "WorkerAgent",
     "WorkerConfig",
+    "DaemonConfig",
+    "run_daemon",
+    "Supervisor",
+    "SupervisorConfig",
+    "AgentProcessInfo",
+    "open_supervisor",
     "TeamClient",
     "connect",
     "resolve_url",

@@ -90,15 +90,18 @@ class TeamClient:
 
     async def run(self, task: Task, *, timeout: float = 300.0) -> Result:
         """Publish a prepared task and wait for its one result."""
-        problem = task_problem(task)
-        if problem:
-            raise ConfigError(f"task {task.id!r} is invalid: {problem}")
         async with self._awaiting(task.id) as wait:
             await self.publish(task)
             return await wait(timeout)
 
     async def publish(self, task: Task) -> str:
-        """Put a task on the team's queue without waiting; returns its id."""
+        """Put a task on the team's queue without waiting; returns its id.
+
+        Invalid tasks are refused here (``ConfigError``) rather than dead-lettered later.
+        """
+        problem = task_problem(task)
+        if problem:
+            raise ConfigError(f"task {task.id!r} is invalid: {problem}")
         await publish_durable(
             self.bus, self.subjects.tasks, task, msg_id=task.id, sender=self.bus.name
         )

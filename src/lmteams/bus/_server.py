@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
 import shutil
 import signal
@@ -22,10 +21,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import anyio
 import msgspec
 import structlog
 
+from lmteams._process import spawn, terminate
 from lmteams.errors import PortInUseError, ServerNotFoundError, ServerStartError
 
 __all__ = (
@@ -39,7 +38,6 @@ __all__ = (
 
 log = structlog.get_logger(__name__)
 
-_PR_SET_PDEATHSIG = 1
 _READY_TIMEOUT = 20.0
 _STOP_TIMEOUT = 10.0
 
@@ -103,12 +101,6 @@ def _port_is_free(host: str, port: int) -> bool:
         except OSError:
             return False
         return True
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 class EmbeddedServer:
@@ -220,15 +212,7 @@ class EmbeddedServer:
                 )
         self.store_dir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_bytes(msgspec.json.encode(self.render_config()))
-        self._proc = await asyncio.create_subprocess_exec(
-            str(binary),
-            "-c",
-            str(self.config_path),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
-            preexec_fn=_die_with_parent,
-        )
+        self._proc = await spawn([str(binary), "-c", str(self.config_path)])
         self._log.info("nats.starting", pid=self._proc.pid, store=str(self.store_dir))
         try:
             await self._wait_ready(timeout)
@@ -282,18 +266,7 @@ class EmbeddedServer:
         proc = self._proc
         if proc is None:
             return
-        # Shielded: a cancelled caller (Ctrl-C, a failing test) must still reap the child.
-        with anyio.CancelScope(shield=True):
-            if proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.send_signal(signal.SIGCONT)  # a paused server cannot handle SIGTERM
-                    proc.terminate()
-                with anyio.move_on_after(timeout):
-                    await proc.wait()
-                if proc.returncode is None:
-                    with contextlib.suppress(ProcessLookupError):
-                        proc.kill()
-                    await proc.wait()
+        await terminate(proc, timeout=timeout)
         self._log.info("nats.stopped", code=proc.returncode)
 
     async def kill(self) -> None:

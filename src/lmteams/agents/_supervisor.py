@@ -1,0 +1,182 @@
+"""``lmteams up``: the embedded bus plus N agent processes, restarted one-for-one on crashes.
+
+The supervisor owns processes, not agents: each agent is an ``lmteams agent start`` child
+with its own event loop and model, so a segfault in llama.cpp takes down one agent, which
+is restarted with exponential backoff while the rest of the team keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio
+import msgspec
+import structlog
+from anyio.abc import TaskGroup
+
+from lmteams._process import spawn, terminate
+from lmteams.agents._state import UpState, clear_state, state_dir, write_state
+from lmteams.bus import EmbeddedServer, ServerConfig, validate_token
+
+__all__ = ("SupervisorConfig", "AgentProcessInfo", "Supervisor", "open_supervisor")
+
+log = structlog.get_logger(__name__)
+
+
+class SupervisorConfig(msgspec.Struct, frozen=True, kw_only=True):
+    team: str = "default"
+    agents: int = 3
+    model: str = "smollm2-135m"
+    backend: str = "auto"
+    sim_device: str = "cpu-x86"
+    threads: int | None = None  # per agent; default: the cores shared out among agents
+    max_tokens_cap: int | None = None
+    port: int = 0
+    nats_url: str | None = None
+    store_dir: str | None = None
+    ack_wait_s: float = 30.0
+    drain_timeout_s: float = 30.0
+    restart_backoff_s: float = 1.0
+    restart_backoff_max_s: float = 30.0
+    stable_after_s: float = 60.0  # a child that ran this long resets its backoff
+
+
+class AgentProcessInfo(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    pid: int | None
+    restarts: int
+    running: bool
+    log_path: str
+
+
+class _Child:
+    def __init__(self, name: str, log_path: Path) -> None:
+        self.name = name
+        self.log_path = log_path
+        self.proc: asyncio.subprocess.Process | None = None
+        self.restarts = 0
+
+
+class Supervisor:
+    """Runs the bus and the agent processes of one team. Create with ``open_supervisor``."""
+
+    def __init__(self, config: SupervisorConfig, url: str, tg: TaskGroup) -> None:
+        self.config = config
+        self.url = url
+        self._tg = tg
+        self._stopping = False
+        self.log_dir = state_dir() / config.team
+        self._children: dict[str, _Child] = {}
+
+    def agent_names(self) -> list[str]:
+        return [f"agent-{i + 1}" for i in range(self.config.agents)]
+
+    def threads_per_agent(self) -> int:
+        if self.config.threads:
+            return self.config.threads
+        return max(1, (os.cpu_count() or 1) // max(1, self.config.agents))
+
+    def argv(self, name: str, model: str) -> list[str]:
+        c = self.config
+        return [
+            sys.executable, "-m", "lmteams", "agent", "start",
+            "--team", c.team, "--name", name, "--nats", self.url,
+            "--model", model, "--backend", c.backend, "--sim-device", c.sim_device,
+            "--threads", str(self.threads_per_agent()),
+            "--ack-wait", str(c.ack_wait_s), "--drain-timeout", str(c.drain_timeout_s),
+            "--json-logs",
+        ]  # fmt: skip
+
+    async def start_agents(self, model: str) -> None:
+        """Start every agent process; ``model`` is a resolved path or catalogue name."""
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        for name in self.agent_names():
+            child = _Child(name, self.log_dir / f"{name}.log")
+            self._children[name] = child
+            self._tg.start_soon(self._keep_alive, child, model)
+
+    async def _keep_alive(self, child: _Child, model: str) -> None:
+        c = self.config
+        backoff = c.restart_backoff_s
+        while not self._stopping:
+            with child.log_path.open("ab") as out:
+                child.proc = await spawn(self.argv(child.name, model), stdout=out, stderr=out)
+            started = time.monotonic()
+            log.info("supervisor.agent_started", agent=child.name, pid=child.proc.pid)
+            code = await child.proc.wait()
+            if self._stopping:
+                return
+            if code == 0:
+                log.info("supervisor.agent_left", agent=child.name)
+                return
+            if time.monotonic() - started > c.stable_after_s:
+                backoff = c.restart_backoff_s
+            child.restarts += 1
+            log.warning("supervisor.agent_crashed", agent=child.name, code=code, restart_in=backoff)
+            await anyio.sleep(backoff)
+            backoff = min(backoff * 2, c.restart_backoff_max_s)
+
+    def processes(self) -> list[AgentProcessInfo]:
+        return [
+            AgentProcessInfo(
+                name=child.name,
+                pid=child.proc.pid if child.proc else None,
+                restarts=child.restarts,
+                running=child.proc is not None and child.proc.returncode is None,
+                log_path=str(child.log_path),
+            )
+            for child in self._children.values()
+        ]
+
+    async def stop(self) -> None:
+        """SIGTERM every agent (they drain), SIGKILL stragglers after the drain timeout."""
+        self._stopping = True
+        async with anyio.create_task_group() as tg:
+            for child in self._children.values():
+                if child.proc is not None:
+                    tg.start_soon(self._stop_child, child)
+
+    async def _stop_child(self, child: _Child) -> None:
+        assert child.proc is not None
+        code = await terminate(child.proc, timeout=self.config.drain_timeout_s + 5)
+        log.info("supervisor.agent_stopped", agent=child.name, code=code)
+
+
+@contextlib.asynccontextmanager
+async def open_supervisor(config: SupervisorConfig) -> AsyncIterator[Supervisor]:
+    """Start the bus (unless ``nats_url`` points elsewhere); stop agents, then bus, on exit."""
+    validate_token(config.team, "team name")
+    async with contextlib.AsyncExitStack() as stack:
+        server: EmbeddedServer | None = None
+        url = config.nats_url
+        if url is None:
+            server = EmbeddedServer(ServerConfig(port=config.port, store_dir=config.store_dir))
+            await server.start()
+            stack.push_async_callback(_stop_server, server)
+            url = server.url
+        tg = await stack.enter_async_context(anyio.create_task_group())
+        supervisor = Supervisor(config, url, tg)
+        write_state(
+            UpState(
+                team=config.team, url=url, pid=os.getpid(), agents=config.agents,
+                started_at=time.time(),
+            )
+        )  # fmt: skip
+        try:
+            yield supervisor
+        finally:
+            with anyio.CancelScope(shield=True):
+                await supervisor.stop()
+                clear_state(config.team)
+            tg.cancel_scope.cancel()
+
+
+async def _stop_server(server: EmbeddedServer) -> None:
+    await server.stop()
+    server.cleanup()

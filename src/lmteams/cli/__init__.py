@@ -1,0 +1,51 @@
+"""The ``lmteams`` command: every verb is a thin call into the packages."""
+
+from __future__ import annotations
+
+import typer
+
+from lmteams import __version__
+from lmteams.cli._agents import agent_app, down, task_app, up
+from lmteams.cli._bus import bus_app
+from lmteams.cli._demo import demo
+from lmteams.cli._hardware import hardware_app, model_app
+
+__all__ = ("app", "main")
+
+app = typer.Typer(
+    name="lmteams",
+    help=(
+        "Run and study teams of language models as distributed systems over NATS.\n\n"
+        "Quick start: `lmteams demo` starts a bus and three agents and asks them questions."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command("demo")(demo)
+app.command("up")(up)
+app.command("down")(down)
+app.add_typer(bus_app)
+app.add_typer(agent_app)
+app.add_typer(task_app)
+app.add_typer(hardware_app)
+app.add_typer(model_app)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(__version__)
+        raise typer.Exit
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version."
+    ),
+) -> None:
+    """Run and study teams of language models as distributed systems over NATS."""
+
+
+def main() -> None:
+    app()

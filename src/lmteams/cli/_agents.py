@@ -1,0 +1,221 @@
+"""``lmteams agent start``, ``up``, ``down`` and ``task publish``: thin verbs over agents."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Annotated
+
+import anyio
+import msgspec
+import typer
+
+from lmteams.agents import (
+    STRATEGIES,
+    DaemonConfig,
+    SupervisorConfig,
+    Task,
+    WorkerConfig,
+    connect,
+    open_supervisor,
+    read_state,
+    run_daemon,
+)
+from lmteams.bus import WorkQueueSettings, new_id
+from lmteams.cli._common import NatsOption, TeamOption, err, out, run_async, setup_logs
+from lmteams.errors import LmteamsError
+from lmteams.hardware import BACKEND_KINDS, BackendConfig, ModelFile, resolve_model
+
+__all__ = ("agent_app", "up", "down", "task_app")
+
+agent_app = typer.Typer(name="agent", help="Run one agent daemon.")
+task_app = typer.Typer(name="task", help="Submit tasks to a team.")
+
+ModelOption = Annotated[
+    str,
+    typer.Option(help="Catalogue name (see `lmteams model list`) or a path to a .gguf file."),
+]
+BackendOption = Annotated[
+    str, typer.Option(help=f"Where the model runs: {'|'.join(BACKEND_KINDS)}.")
+]
+SimDeviceOption = Annotated[
+    str, typer.Option(help="Device class for --backend sim (see `lmteams hardware`).")
+]
+
+
+@agent_app.command("start")
+def agent_start(
+    *,
+    name: Annotated[str, typer.Option(help="This agent's id in the team.")],
+    team: TeamOption = "default",
+    model: ModelOption = "smollm2-135m",
+    backend: BackendOption = "auto",
+    sim_device: SimDeviceOption = "cpu-x86",
+    threads: Annotated[int | None, typer.Option(help="CPU threads for llama.cpp.")] = None,
+    nats: NatsOption = None,
+    ack_wait: Annotated[
+        float, typer.Option(help="Seconds without news before a task is redelivered.")
+    ] = 30.0,
+    drain_timeout: Annotated[
+        float, typer.Option(help="On SIGTERM, seconds to finish the task in hand.")
+    ] = 60.0,
+    json_logs: Annotated[bool, typer.Option("--json-logs", help="JSON log lines.")] = False,
+) -> None:
+    """Join a team and serve its tasks until SIGTERM (which drains)."""
+    setup_logs(json=json_logs, default_level="info")
+    if backend != "sim":
+        try:
+            model = str(resolve_model(model).path)  # fail fast, before joining the team
+        except LmteamsError as exc:
+            err.print(f"[red]error:[/red] {exc}", highlight=False)
+            raise typer.Exit(code=2) from None
+    config = DaemonConfig(
+        team=team,
+        name=name,
+        nats_url=nats,
+        drain_timeout_s=drain_timeout,
+        worker=WorkerConfig(
+            backend=BackendConfig(
+                kind=backend, model=model, n_threads=threads, sim_device=sim_device
+            ),
+            queue=WorkQueueSettings(ack_wait_s=ack_wait),
+        ),
+    )
+    code = run_async(run_daemon, config)
+    raise typer.Exit(code=code)
+
+
+def up(
+    *,
+    agents: Annotated[int, typer.Option(help="How many agent processes.")] = 3,
+    team: TeamOption = "default",
+    model: ModelOption = "smollm2-135m",
+    backend: BackendOption = "auto",
+    sim_device: SimDeviceOption = "cpu-x86",
+    threads: Annotated[
+        int | None, typer.Option(help="Threads per agent (default: cores / agents).")
+    ] = None,
+    port: Annotated[int, typer.Option(help="Port of the embedded bus (0 = any free).")] = 4222,
+    nats: Annotated[
+        str | None, typer.Option("--nats", help="Use this NATS instead of the embedded bus.")
+    ] = None,
+    ack_wait: Annotated[float, typer.Option(help="Redelivery timeout, seconds.")] = 30.0,
+) -> None:
+    """Start the embedded bus and N agents; restart crashed agents; Ctrl-C stops all."""
+    setup_logs(default_level="info")
+    if agents < 1:
+        err.print("[red]error:[/red] --agents must be at least 1")
+        raise typer.Exit(code=2)
+    config = SupervisorConfig(
+        team=team,
+        agents=agents,
+        model=model,
+        backend=backend,
+        sim_device=sim_device,
+        threads=threads,
+        port=port,
+        nats_url=nats,
+        ack_wait_s=ack_wait,
+    )
+
+    async def main() -> None:
+        resolved = model if backend == "sim" else str(_pull(model).path)
+        async with open_supervisor(config) as supervisor:
+            await supervisor.start_agents(resolved)
+            out.print(
+                f"[green]team {team!r} up[/green]: {agents} agents on {model} "
+                f"({supervisor.threads_per_agent()} threads each), bus {supervisor.url}"
+            )
+            out.print(f"agent logs: {supervisor.log_dir}   stop: Ctrl-C or `lmteams down`")
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for _ in signals:
+                    out.print("stopping: agents drain, then the bus stops")
+                    break
+
+    run_async(main)
+
+
+def _pull(model: str) -> ModelFile:
+    return resolve_model(model, progress=lambda msg: err.print(msg, highlight=False))
+
+
+def down(
+    *,
+    team: TeamOption = "default",
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for a clean stop.")] = 60.0,
+) -> None:
+    """Stop a running `lmteams up` for the team (agents drain first)."""
+    state = read_state(team)
+    if state is None:
+        err.print(f"no `lmteams up` is running for team {team!r}")
+        raise typer.Exit(code=1)
+    os.kill(state.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(state.pid, 0)
+        except ProcessLookupError:
+            out.print(f"team {team!r} stopped")
+            return
+        time.sleep(0.2)
+    err.print(f"team {team!r} (pid {state.pid}) did not stop within {timeout:g}s")
+    raise typer.Exit(code=1)
+
+
+@task_app.command("publish")
+def task_publish(
+    prompt: Annotated[str, typer.Argument(help="The question or instruction.")],
+    *,
+    nats: NatsOption = None,
+    team: TeamOption = "default",
+    agents: Annotated[int, typer.Option(help="How many agents answer.")] = 1,
+    strategy: Annotated[
+        str, typer.Option(help=f"How answers are agreed: {'|'.join(STRATEGIES)}.")
+    ] = "single",
+    system: Annotated[str | None, typer.Option(help="System prompt.")] = None,
+    max_tokens: Annotated[int, typer.Option(help="Most tokens to generate.")] = 128,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = 0.0,
+    task_id: Annotated[
+        str | None, typer.Option("--id", help="Task id (default: a fresh one).")
+    ] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Wait for the result.")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait with --wait.")] = 300.0,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Publish a task to the team's queue; with --wait, print its result."""
+    setup_logs()
+    task = Task(
+        id=task_id or f"t{new_id()}",
+        prompt=prompt,
+        system=system,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        agents=agents,
+        strategy=strategy,
+        submitted_at=time.time(),
+    )
+
+    async def main() -> None:
+        async with connect(nats, team=team) as client:
+            if not wait:
+                await client.publish(task)
+                typer.echo(
+                    msgspec.json.encode({"task_id": task.id}).decode() if json_out else task.id
+                )
+                return
+            result = await client.run(task, timeout=timeout)
+        if json_out:
+            typer.echo(msgspec.json.encode(result).decode())
+        elif result.ok:
+            out.print(result.answer, highlight=False)
+            err.print(
+                f"[dim]{result.agent} on {result.device}: {result.tokens_out} tokens in "
+                f"{result.total_s:.2f}s[/dim]"
+            )
+        else:
+            err.print(f"[red]task failed ({result.error_kind}):[/red] {result.error}")
+        if not result.ok:
+            raise typer.Exit(code=1)
+
+    run_async(main)
