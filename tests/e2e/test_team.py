@@ -20,21 +20,9 @@ pytestmark = pytest.mark.slow
 
 
 async def test_cli_publish_wait_json(team: Team) -> None:
-    done = await anyio.to_thread.run_sync(
-        lambda: team.lmteams(
-            "task",
-            "publish",
-            "What is the capital of France?",
-            "--team",
-            TEAM,
-            "--nats",
-            team.url,
-            "--wait",
-            "--json",
-            "--max-tokens",
-            "24",
-        )  # fmt: skip
-    )
+    args = ["task", "publish", "What is the capital of France?", "--team", TEAM]
+    args += ["--nats", team.url, "--wait", "--json", "--max-tokens", "24"]
+    done = await anyio.to_thread.run_sync(lambda: team.lmteams(*args))
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["type"] == "result" and result["ok"] is True

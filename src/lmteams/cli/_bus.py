@@ -32,6 +32,14 @@ def up(
     cluster: Annotated[
         int, typer.Option(help="Run an N-node loopback cluster with replicated JetStream.")
     ] = 1,
+    leaf_port: Annotated[
+        int | None,
+        typer.Option(help="Accept leaf-node connections (edge devices) on this port."),
+    ] = None,
+    js_domain: Annotated[
+        str | None,
+        typer.Option(help="JetStream domain name, for clients behind leaf nodes (e.g. hub)."),
+    ] = None,
 ) -> None:
     """Start nats-server with JetStream and keep it running until Ctrl-C."""
     setup_logs(default_level="info")
@@ -48,10 +56,13 @@ def up(
                 await local.stop()
                 local.cleanup()
             return
-        server = EmbeddedServer(ServerConfig(port=port, store_dir=store))
+        config = ServerConfig(port=port, store_dir=store, leaf_port=leaf_port, js_domain=js_domain)
+        server = EmbeddedServer(config)
         await server.start()
         try:
             out.print(f"[green]bus up[/green]: --nats {server.url}  (log: {server.log_path})")
+            if server.leaf_url:
+                out.print(f"edge devices connect their leaf node to {server.leaf_url}")
             err.print("Ctrl-C stops it.")
             await _until_signal()
         finally:
