@@ -109,6 +109,14 @@ class Incoming(Generic[T]):
         return self._envelope
 
     @property
+    def trace(self) -> str:
+        """The trace id, read without building the whole envelope (hot path)."""
+        headers = self.msg.headers
+        raw = headers.get(H_ENVELOPE) if headers else None
+        fields: list[str] = raw.split(" ") if raw else []
+        return fields[4] if len(fields) == _ENVELOPE_FIELDS else ""
+
+    @property
     def subject(self) -> str:
         return str(self.msg.subject)
 
@@ -122,11 +130,8 @@ class Incoming(Generic[T]):
         if not msg.reply:
             return
         headers = msg.headers
-        raw = headers.get(H_ENVELOPE) if headers else None
-        fields: list[str] = raw.split(" ") if raw else []
-        trace = fields[4] if len(fields) == _ENVELOPE_FIELDS else None
         await self._bus.publish(
-            msg.reply, body, sender=sender, trace=trace, json=_is_json(headers, raw)
+            msg.reply, body, sender=sender, trace=self.trace or None, json=is_json(headers)
         )
 
 

@@ -1,0 +1,158 @@
+"""Actor request/reply (no LLM) against raw nats-py request/reply, across two processes.
+
+A child process hosts both responders on one embedded nats-server: an lmteams actor (runtime,
+bounded mailbox, handler dispatch, envelope, strict decoding) and a raw nats-py subscriber
+that decodes and encodes the same MessagePack body. The parent asks each in turn, trials
+interleaved, sequentially and with 50 requests in flight; medians of requests per second.
+
+Baselines, both stock nats-py, as in bus_overhead.py: ``wire`` sends the identical wire
+message (the lmteams envelope header and body); ``bare`` sends the body with no headers.
+Target: actor >= 0.85 of the ``wire`` baseline in both modes.
+
+Run: .venv/bin/python benchmarks/actor_throughput.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import anyio
+import msgspec
+import nats
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import emit, figure, interleaved, quiet_logs
+
+from lmteams.agents import Actor, handler, open_runtime
+from lmteams.bus import Subjects, encode, open_bus, run_server
+
+TEAM = "bench"
+
+
+class Query(msgspec.Struct, frozen=True, kw_only=True, tag="query"):
+    task_id: str
+    prompt: str
+    n: int
+
+
+class Reply(msgspec.Struct, frozen=True, kw_only=True, tag="reply"):
+    task_id: str
+    text: str
+    n: int
+
+
+QUERY = Query(task_id="t-0001", prompt="What is 17 + 25? Answer with a number." * 2, n=0)
+QUERY_BYTES = encode(QUERY)
+QUERY_HEADERS = {"Lmt": "1 query 4a1f3c2b9d0e00001 cli 4a1f3c2b9d0e00001 17"}
+REPLY_HEADERS = {"Lmt": "1 reply 4a1f3c2b9d0e00002 srv 4a1f3c2b9d0e00001 18"}
+
+
+class Responder(Actor):
+    mailbox_size = 256
+
+    @handler
+    async def on_query(self, msg: Query) -> Reply:
+        return Reply(task_id=msg.task_id, text="42", n=msg.n + 1)
+
+
+async def serve(url: str) -> None:
+    """The child process: an actor and two raw responders until stdin closes."""
+    quiet_logs()
+    raw = await nats.connect(url)
+    decoder = msgspec.msgpack.Decoder(Query)
+
+    async def bare(msg: nats.aio.msg.Msg) -> None:
+        q = decoder.decode(msg.data)
+        await raw.publish(msg.reply, encode(Reply(task_id=q.task_id, text="42", n=q.n + 1)))
+
+    async def wire(msg: nats.aio.msg.Msg) -> None:
+        q = decoder.decode(msg.data)
+        body = encode(Reply(task_id=q.task_id, text="42", n=q.n + 1))
+        await raw.publish(msg.reply, body, headers=REPLY_HEADERS)
+
+    await raw.subscribe("bench.bare", cb=bare)
+    await raw.subscribe("bench.wire", cb=wire)
+    await raw.flush()
+    async with open_bus(url, name="srv") as bus, open_runtime(bus, TEAM) as runtime:
+        await runtime.spawn(Responder, actor_id="responder")
+        print("ready", flush=True)
+        await anyio.to_thread.run_sync(sys.stdin.read)  # until the parent closes our stdin
+    await raw.close()
+
+
+async def _rate(count: int, concurrency: int, one: object) -> float:
+    per_worker = count // concurrency
+
+    async def worker() -> None:
+        for _ in range(per_worker):
+            await one()  # type: ignore[operator]
+
+    start = time.perf_counter()
+    async with anyio.create_task_group() as tg:
+        for _ in range(concurrency):
+            tg.start_soon(worker)
+    return per_worker * concurrency / (time.perf_counter() - start)
+
+
+async def main(quick: bool) -> None:
+    quiet_logs()
+    seq, conc, trials = (300, 3000, 3) if quick else (1500, 15000, 7)
+    async with run_server() as server:
+        child = subprocess.Popen(
+            [sys.executable, __file__, "--serve", server.url],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert child.stdout is not None and child.stdin is not None
+        assert child.stdout.readline().strip() == "ready"
+        try:
+            raw = await nats.connect(server.url)
+            async with open_bus(server.url, name="cli") as bus, open_runtime(bus, TEAM) as rt:
+                ref = rt.ref("responder")
+
+                async def actor_one() -> None:
+                    await ref.ask(QUERY, expect=Reply, timeout=10)
+
+                async def wire_one() -> None:
+                    r = await raw.request("bench.wire", QUERY_BYTES, timeout=10, headers=QUERY_HEADERS)
+                    msgspec.msgpack.decode(r.data, type=Reply)
+
+                async def bare_one() -> None:
+                    r = await raw.request("bench.bare", QUERY_BYTES, timeout=10)
+                    msgspec.msgpack.decode(r.data, type=Reply)
+
+                for warm in (actor_one, wire_one, bare_one):
+                    await _rate(200, 10, warm)
+                figures = []
+                for mode, count, k in (("sequential", seq, 1), ("concurrent", conc, 50)):
+                    for base, base_one, target in (("wire", wire_one, 0.85), ("bare", bare_one, None)):
+                        ours, theirs = await interleaved(
+                            trials,
+                            lambda c=count, k=k: _rate(c, k, actor_one),
+                            lambda c=count, k=k, f=base_one: _rate(c, k, f),
+                        )
+                        figures.append(
+                            figure(f"actor_request_reply_{mode}_vs_{base}", ours, theirs, target,
+                                   unit="requests/s", concurrency=k, trials=trials,
+                                   baseline_kind=base, processes=2)
+                        )  # fmt: skip
+            await raw.close()
+        finally:
+            child.stdin.close()
+            child.wait(timeout=30)
+            child.stdout.close()
+    emit(figures, benchmark="actor_throughput", team=Subjects(TEAM).team)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer requests and trials")
+    parser.add_argument("--serve", metavar="URL", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        anyio.run(serve, args.serve)
+    else:
+        anyio.run(main, args.quick)
