@@ -30,6 +30,7 @@ __all__ = (
     "ModelVerificationError",
     "DeviceUnavailableError",
     "BackendError",
+    "GraphError",
 )
 
 
@@ -145,3 +146,10 @@ class DeviceUnavailableError(HardwareError):
 
 class BackendError(HardwareError):
     """The backend failed while generating (out of memory, context overflow, ...)."""
+
+
+# --- study -----------------------------------------------------------------------------------
+
+
+class GraphError(ConfigError):
+    """A task graph is malformed (a cycle, an unknown or repeated id): the message says which."""

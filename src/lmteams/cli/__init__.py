@@ -7,8 +7,10 @@ import typer
 from lmteams import __version__
 from lmteams.cli._agents import agent_app, down, task_app, up
 from lmteams.cli._bus import bus_app
+from lmteams.cli._common import setup_logs
 from lmteams.cli._demo import demo
 from lmteams.cli._hardware import hardware_app, model_app
+from lmteams.cli._study import study_app
 
 __all__ = ("app", "main")
 
@@ -30,6 +32,7 @@ app.add_typer(agent_app)
 app.add_typer(task_app)
 app.add_typer(hardware_app)
 app.add_typer(model_app)
+app.add_typer(study_app)
 
 
 def _version(value: bool) -> None:
@@ -45,6 +48,7 @@ def _root(
     ),
 ) -> None:
     """Run and study teams of language models as distributed systems over NATS."""
+    setup_logs()  # stderr, warnings and up; verbs that serve (up, agent) raise the level
 
 
 def main() -> None:

@@ -1,0 +1,112 @@
+"""Studying teams: task graphs, speedup predictions, and the paper's data to test them against.
+
+The paper (arXiv 2603.12229) reads LLM teams as distributed systems and checks Amdahl's law
+on them. This package holds what that needs without any agent or bus: the graphs (the
+paper's nine and shipped look-alikes), the predictions (Amdahl, work/span, a list-scheduling
+simulator with the paper's synchronous rounds), and the paper's measured runs and per-call
+latencies. Team runs on the bus build on these.
+"""
+
+from lmteams.study._graph import DEFAULT_WORK_TOKENS, Subtask, TaskGraph
+from lmteams.study._graphio import (
+    SHIPPED_GRAPHS,
+    chain_plus_free,
+    dumps_toml,
+    load_graph,
+    load_paper_tasks,
+    paper_graphs,
+    save_graph,
+    shipped_graph,
+    shipped_graphs,
+    write_shipped_graphs,
+)
+from lmteams.study._paper import (
+    PAPER_DATA_ENV,
+    LatencySamples,
+    LlmCall,
+    LognormalFit,
+    PaperData,
+    PaperRun,
+    fit_lognormal,
+    llm_call_latencies,
+    paper_data_dir,
+    read_llm_calls,
+    read_runs,
+)
+from lmteams.study._predict import (
+    Prediction,
+    amdahl_speedup,
+    makespan_lower_bound,
+    predict,
+    work_span_speedup,
+)
+from lmteams.study._schedule import (
+    DEFAULT_TOKENS_PER_S,
+    AgentLoad,
+    Policy,
+    Schedule,
+    ScheduledTask,
+    paper_preassignment,
+    simulate_schedule,
+)
+from lmteams.study._speedup import (
+    GroupStat,
+    RunSpeedup,
+    SpeedupRow,
+    SpeedupStats,
+    SpeedupSummary,
+    paper_speedups,
+    run_speedups,
+    speedup_summary,
+)
+
+__all__ = (
+    # task graphs
+    "Subtask",
+    "TaskGraph",
+    "DEFAULT_WORK_TOKENS",
+    "load_graph",
+    "save_graph",
+    "dumps_toml",
+    "chain_plus_free",
+    "shipped_graph",
+    "shipped_graphs",
+    "write_shipped_graphs",
+    "SHIPPED_GRAPHS",
+    "load_paper_tasks",
+    "paper_graphs",
+    # predictions
+    "amdahl_speedup",
+    "work_span_speedup",
+    "makespan_lower_bound",
+    "paper_preassignment",
+    "simulate_schedule",
+    "predict",
+    "Policy",
+    "Schedule",
+    "ScheduledTask",
+    "AgentLoad",
+    "Prediction",
+    "DEFAULT_TOKENS_PER_S",
+    # the paper's data
+    "paper_data_dir",
+    "PAPER_DATA_ENV",
+    "PaperData",
+    "PaperRun",
+    "read_runs",
+    "LlmCall",
+    "read_llm_calls",
+    "llm_call_latencies",
+    "LatencySamples",
+    "LognormalFit",
+    "fit_lognormal",
+    # the paper's speedups
+    "paper_speedups",
+    "run_speedups",
+    "speedup_summary",
+    "SpeedupRow",
+    "RunSpeedup",
+    "SpeedupStats",
+    "SpeedupSummary",
+    "GroupStat",
+)
