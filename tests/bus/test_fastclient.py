@@ -38,3 +38,23 @@ async def _written(client: Client, headers: dict[str, str]) -> bytes:
 @given(headers=st.dictionaries(header_names, header_values, min_size=1, max_size=6))
 async def test_header_encoding_is_byte_identical(headers: dict[str, str]) -> None:
     assert await _written(FastClient(), headers) == await _written(Client(), headers)
+
+
+async def test_ping_queues_behind_pending_commands() -> None:
+    """A PONG must mean the server processed everything sent before the PING."""
+    client = FastClient()
+    written: list[bytes] = []
+
+    class Transport:
+        def write(self, data: bytes) -> None:
+            written.append(bytes(data))
+
+    async def no_flush(force_flush: bool = False) -> None:
+        return None
+
+    client._transport = Transport()
+    client._flush_pending = no_flush  # type: ignore[method-assign]
+    await client._send_command(b"SUB calc.add 1\r\n")
+    await client._send_ping()
+    assert written == []  # nothing jumped the queue
+    assert client._pending == [b"SUB calc.add 1\r\n", b"PING\r\n"]
