@@ -26,7 +26,6 @@ import nats
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import emit, figure, interleaved, quiet_logs
-
 from lmteams.agents import Actor, handler, open_runtime
 from lmteams.bus import Subjects, encode, open_bus, run_server
 
@@ -117,7 +116,9 @@ async def main(quick: bool) -> None:
                     await ref.ask(QUERY, expect=Reply, timeout=10)
 
                 async def wire_one() -> None:
-                    r = await raw.request("bench.wire", QUERY_BYTES, timeout=10, headers=QUERY_HEADERS)
+                    r = await raw.request(
+                        "bench.wire", QUERY_BYTES, timeout=10, headers=QUERY_HEADERS
+                    )
                     msgspec.msgpack.decode(r.data, type=Reply)
 
                 async def bare_one() -> None:
@@ -128,7 +129,8 @@ async def main(quick: bool) -> None:
                     await _rate(200, 10, warm)
                 figures = []
                 for mode, count, k in (("sequential", seq, 1), ("concurrent", conc, 50)):
-                    for base, base_one, target in (("wire", wire_one, 0.85), ("bare", bare_one, None)):
+                    bases = (("wire", wire_one, 0.85), ("bare", bare_one, None))
+                    for base, base_one, target in bases:
                         ours, theirs = await interleaved(
                             trials,
                             lambda c=count, k=k: _rate(c, k, actor_one),
