@@ -263,14 +263,14 @@ class _Cell:
         """
         try:
             async with receive:
-                async for incoming in receive:
-                    await self._handle(actor, incoming)
+                async for first in receive:
+                    await self._handle(actor, first)
                     for _ in range(actor.mailbox_size):
                         try:
-                            incoming = receive.receive_nowait()
+                            queued = receive.receive_nowait()
                         except anyio.WouldBlock:
                             break
-                        await self._handle(actor, incoming)
+                        await self._handle(actor, queued)
         except anyio.EndOfStream:
             pass
         finally:
