@@ -33,7 +33,14 @@ from lmteams.agents._runtime import (
     dead_letter,
     open_runtime,
 )
-from lmteams.agents._state import UpState, clear_state, read_state, state_dir, write_state
+from lmteams.agents._state import (
+    UpState,
+    clear_state,
+    pid_alive,
+    read_state,
+    state_dir,
+    write_state,
+)
 from lmteams.agents._supervisor import (
     AgentProcessInfo,
     Supervisor,
@@ -73,6 +80,7 @@ __all__ = (
     "read_state",
     "write_state",
     "clear_state",
+    "pid_alive",
     "state_dir",
     # wire types
     "Task",

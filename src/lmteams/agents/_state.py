@@ -11,7 +11,7 @@ from pathlib import Path
 
 import msgspec
 
-__all__ = ("UpState", "state_dir", "write_state", "read_state", "clear_state")
+__all__ = ("UpState", "state_dir", "write_state", "read_state", "clear_state", "pid_alive")
 
 
 class UpState(msgspec.Struct, frozen=True, kw_only=True):
@@ -49,14 +49,25 @@ def read_state(team: str) -> UpState | None:
         state = msgspec.json.decode(path.read_bytes(), type=UpState)
     except (OSError, msgspec.DecodeError, msgspec.ValidationError):
         return None
-    try:
-        os.kill(state.pid, 0)
-    except ProcessLookupError:
+    if not pid_alive(state.pid):
         path.unlink(missing_ok=True)
         return None
-    except PermissionError:
-        pass  # alive, owned by someone else
     return state
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether ``pid`` runs; a zombie (exited, not yet reaped by its parent) does not."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, owned by someone else
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no /proc (macOS): kill(0) is all we know
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 def clear_state(team: str) -> None:

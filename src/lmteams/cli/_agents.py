@@ -19,6 +19,7 @@ from lmteams.agents import (
     WorkerConfig,
     connect,
     open_supervisor,
+    pid_alive,
     read_state,
     run_daemon,
 )
@@ -153,9 +154,8 @@ def down(
     os.kill(state.pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            os.kill(state.pid, 0)
-        except ProcessLookupError:
+        # `up` removes its state file last, once agents and bus are down
+        if read_state(team) is None or not pid_alive(state.pid):
             out.print(f"team {team!r} stopped")
             return
         time.sleep(0.2)
