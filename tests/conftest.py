@@ -6,9 +6,18 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
+import structlog
 
 from lmteams.bus import Bus, EmbeddedServer, LocalCluster, open_bus, run_cluster, run_server
 from lmteams.testing import capture_logs
+
+
+@pytest.fixture(autouse=True)
+def _isolated_logging() -> Iterator[None]:
+    """Every test starts from, and leaves behind, the same structlog configuration."""
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
 
 
 @pytest.fixture

@@ -26,13 +26,31 @@ def redact(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, 
     return event_dict
 
 
+class _CurrentStderr:
+    """Whatever ``sys.stderr`` is when a line is written, not when logging was configured.
+
+    Test runners and embedding programs swap ``sys.stderr``; a stream bound at configure time
+    may be closed by the time a late log line (a server stopping) is written.
+    """
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return sys.stderr.isatty()
+
+
 def configure(*, json: bool = False, level: str = "info", stream: TextIO | None = None) -> None:
     """Configure structlog once per process.
 
     ``json=True`` writes one JSON object a line (for daemons and log shippers);
-    otherwise a coloured console renderer is used when ``stream`` is a terminal.
+    otherwise a coloured console renderer is used when the stream is a terminal.
+    Without ``stream``, lines go to the current ``sys.stderr``.
     """
-    out = stream if stream is not None else sys.stderr
+    out: Any = stream if stream is not None else _CurrentStderr()
     processors: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,

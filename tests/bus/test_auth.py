@@ -45,11 +45,8 @@ def test_logging_json_lines_and_redaction(capsys: pytest.CaptureFixture[str]) ->
 
     from lmteams.logging import configure
 
-    configure(json=True, level="debug")
-    try:
-        structlog.get_logger("t").info("bus.connect", server="nats://x", password="hunter2")
-    finally:
-        configure()
+    configure(json=True, level="debug")  # the autouse fixture restores the old configuration
+    structlog.get_logger("t").info("bus.connect", server="nats://x", password="hunter2")
     line = capsys.readouterr().err.strip().splitlines()[-1]
     event = json.loads(line)
     assert event["event"] == "bus.connect" and event["server"] == "nats://x"
