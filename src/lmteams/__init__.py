@@ -3,6 +3,7 @@
 ``async with lmteams.connect(url, team="t") as team: result = await team.submit("...")``
 """
 
+import lmteams.consensus  # noqa: F401 - registers vote, weighted, debate, quorum with local agents
 from lmteams.agents import Result, Task, TeamClient, connect
 from lmteams.errors import LmteamsError
 

@@ -25,6 +25,7 @@ __all__ = (
     "MailboxFullError",
     "RemoteError",
     "TaskFailedError",
+    "FencedOutError",
     "HardwareError",
     "ModelNotFoundError",
     "ModelVerificationError",
@@ -123,6 +124,10 @@ class RemoteError(AgentError):
 
 class TaskFailedError(AgentError):
     """A task finished with an error result instead of an answer."""
+
+
+class FencedOutError(AgentError):
+    """A write carried a fencing token older than one already accepted: a newer leader rules."""
 
 
 # --- hardware --------------------------------------------------------------------------------

@@ -161,8 +161,8 @@ async def test_invalid_task_is_refused_with_reason(bus: Bus) -> None:
         await rt.spawn(SimWorker, actor_id="w1")
         client = TeamClient(bus, TEAM)
         # the client refuses it before it reaches the bus ...
-        with pytest.raises(ConfigError, match="strategy 'vote' is not available"):
-            await client.submit("q", strategy="vote", agents=3)
+        with pytest.raises(ConfigError, match="unknown strategy 'raft'"):
+            await client.submit("q", strategy="raft", agents=3)
         # ... and an agent refuses one that bypassed the client
         task = Task(id="inv-1", prompt="   ")
         async with client._awaiting("inv-1") as wait:

@@ -7,11 +7,20 @@ queue, answers them with its hardware backend, and publishes exactly one result 
 from lmteams.agents._actor import Actor, handler
 from lmteams.agents._client import TeamClient, connect, resolve_url
 from lmteams.agents._daemon import DaemonConfig, run_daemon
+from lmteams.agents._dispatch import (
+    Dispatcher,
+    DispatcherConfig,
+    DispatchStatistics,
+    open_dispatcher,
+)
+from lmteams.agents._identity import AgentIdentity, verify_vote, vote_payload
 from lmteams.agents._messages import (
+    NORMALIZERS,
     STRATEGIES,
     AgentAnswer,
     AgentInfo,
     Answer,
+    Cancel,
     Heartbeat,
     Leave,
     Ping,
@@ -24,6 +33,7 @@ from lmteams.agents._messages import (
     Task,
 )
 from lmteams.agents._ref import ActorRef
+from lmteams.agents._roster import Member, Roster
 from lmteams.agents._runtime import (
     ActorContext,
     ActorState,
@@ -40,6 +50,15 @@ from lmteams.agents._state import (
     read_state,
     state_dir,
     write_state,
+)
+from lmteams.agents._strategy import (
+    Outcome,
+    Strategy,
+    StrategyContext,
+    agent_seed,
+    get_strategy,
+    register_strategy,
+    registered_strategies,
 )
 from lmteams.agents._supervisor import (
     AgentProcessInfo,
@@ -74,6 +93,10 @@ __all__ = (
     "TeamClient",
     "connect",
     "resolve_url",
+    "Dispatcher",
+    "DispatcherConfig",
+    "DispatchStatistics",
+    "open_dispatcher",
     "task_problem",
     "salvage_task_id",
     "UpState",
@@ -82,6 +105,19 @@ __all__ = (
     "clear_state",
     "pid_alive",
     "state_dir",
+    # identity, membership and strategies
+    "AgentIdentity",
+    "vote_payload",
+    "verify_vote",
+    "Roster",
+    "Member",
+    "Strategy",
+    "StrategyContext",
+    "Outcome",
+    "register_strategy",
+    "get_strategy",
+    "registered_strategies",
+    "agent_seed",
     # wire types
     "Task",
     "Result",
@@ -96,5 +132,7 @@ __all__ = (
     "Ping",
     "Pong",
     "Stop",
+    "Cancel",
     "STRATEGIES",
+    "NORMALIZERS",
 )

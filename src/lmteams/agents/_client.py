@@ -71,6 +71,8 @@ class TeamClient:
         seed: int | None = None,
         agents: int = 1,
         strategy: str = "single",
+        normalizer: str = "auto",
+        rounds: int = 3,
         timeout: float = 300.0,
         task_id: str | None = None,
     ) -> Result:
@@ -84,6 +86,8 @@ class TeamClient:
             seed=seed,
             agents=agents,
             strategy=strategy,
+            normalizer=normalizer,
+            rounds=rounds,
             submitted_at=time.time(),
         )
         return await self.run(task, timeout=timeout)

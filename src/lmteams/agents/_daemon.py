@@ -13,10 +13,10 @@ import anyio
 import msgspec
 import structlog
 
-from lmteams.agents._messages import Stop
+from lmteams.agents._messages import Cancel, Stop
 from lmteams.agents._runtime import ActorState, open_runtime
 from lmteams.agents._worker import WorkerAgent, WorkerConfig
-from lmteams.bus import Codec, Incoming, open_bus, validate_token
+from lmteams.bus import BusAuth, Codec, Incoming, open_bus, validate_token
 
 __all__ = ("DaemonConfig", "run_daemon")
 
@@ -28,8 +28,9 @@ class DaemonConfig(msgspec.Struct, frozen=True, kw_only=True):
     name: str
     nats_url: str | None = None
     roles: tuple[str, ...] = ("worker",)
-    worker: WorkerConfig = WorkerConfig()
+    worker: WorkerConfig = WorkerConfig()  # worker.streams.replicas: 3 on a cluster
     drain_timeout_s: float = 60.0
+    auth: BusAuth = BusAuth()  # credentials for a secured bus (paths; secrets hidden in repr)
 
 
 async def run_daemon(config: DaemonConfig) -> int:
@@ -37,16 +38,19 @@ async def run_daemon(config: DaemonConfig) -> int:
     validate_token(config.team, "team name")
     validate_token(config.name, "agent name")
     async with (
-        open_bus(config.nats_url, name=config.name) as bus,
+        open_bus(config.nats_url, name=config.name, **config.auth.options()) as bus,
         open_runtime(bus, config.team) as runtime,
     ):
         stop = anyio.Event()
 
-        async def on_control(inc: Incoming[Stop]) -> None:
-            log.info("agent.stop_requested", reason=inc.body.reason)
-            stop.set()
+        async def on_control(inc: Incoming[Stop | Cancel]) -> None:
+            # The worker handles Cancel on the same subject; the daemon only needs Stop.
+            if isinstance(inc.body, Stop):
+                log.info("agent.stop_requested", reason=inc.body.reason)
+                stop.set()
 
-        await bus.subscribe(runtime.subjects.control(config.name), on_control, codec=Codec(Stop))
+        control: Codec[Stop | Cancel] = Codec(Stop, Cancel)
+        await bus.subscribe(runtime.subjects.control(config.name), on_control, codec=control)
         await runtime.spawn(
             lambda: WorkerAgent(config.worker),
             actor_id=config.name,

@@ -24,11 +24,14 @@ __all__ = (
     "Ping",
     "Pong",
     "Stop",
+    "Cancel",
     "STRATEGIES",
 )
 
-STRATEGIES = ("single",)
-"""Answer strategies this release implements; consensus adds vote, weighted, debate, quorum."""
+STRATEGIES = ("single", "vote", "weighted", "debate", "quorum")
+"""Answer strategies of the wire contract. ``single`` is built into every agent; the others
+run where ``lmteams.consensus`` is loaded (the ``lmteams`` command always loads it)."""
+NORMALIZERS = ("auto", "number", "yesno", "choice", "text", "exact")
 
 
 class Task(msgspec.Struct, frozen=True, kw_only=True, tag="task"):
@@ -43,10 +46,12 @@ class Task(msgspec.Struct, frozen=True, kw_only=True, tag="task"):
     agents: int = 1
     strategy: str = "single"
     submitted_at: float = 0.0  # unix seconds, set by the submitter; for queueing time
+    normalizer: str = "auto"  # how votes are compared: see NORMALIZERS
+    rounds: int = 3  # debate: most rounds before giving up on agreement
 
 
 class AgentAnswer(msgspec.Struct, frozen=True, kw_only=True):
-    """One agent's contribution to a result."""
+    """One agent's contribution to a result (a vote, or one turn of a debate)."""
 
     agent: str
     text: str
@@ -55,6 +60,11 @@ class AgentAnswer(msgspec.Struct, frozen=True, kw_only=True):
     tokens_in: int = 0
     tokens_out: int = 0
     seconds: float = 0.0
+    round: int = 0
+    normalized: str = ""  # the answer as the tally counted it
+    weight: float = 1.0
+    public_key: str = ""
+    signature: str = ""  # kept so any client can re-verify a quorum
 
 
 class Result(msgspec.Struct, frozen=True, kw_only=True, tag="result"):
@@ -77,6 +87,10 @@ class Result(msgspec.Struct, frozen=True, kw_only=True, tag="result"):
     total_s: float = 0.0
     deliveries: int = 1  # how many times JetStream handed this task out
     answers: tuple[AgentAnswer, ...] = ()
+    rounds: int = 1
+    messages: int = 0  # bus messages the strategy cost (requests and replies)
+    tally: dict[str, float] = {}  # normalized answer -> votes (or weight)
+    flagged: tuple[str, ...] = ()  # agents caught equivocating or forging votes
 
 
 class Stage(StrEnum):
@@ -112,11 +126,14 @@ class AgentInfo(msgspec.Struct, frozen=True, kw_only=True, tag="agent_info"):
     pid: int = 0
     tokens_per_s: float = 0.0  # measured generation rate, 0 until known
     started_at: float = 0.0
+    public_key: str = ""  # signs this agent's votes
+    prompt_tokens_per_s: float = 0.0  # measured prompt-processing rate, 0 until known
 
 
 class Heartbeat(msgspec.Struct, frozen=True, kw_only=True, tag="heartbeat"):
     agent: str
     seq: int
+    public_key: str = ""  # repeated so members that joined later learn it
     in_flight: int = 0
     served: int = 0
     state: str = "serving"  # serving | draining
@@ -137,6 +154,8 @@ class Prompt(msgspec.Struct, frozen=True, kw_only=True, tag="prompt"):
     temperature: float = 0.0
     seed: int | None = None
     logprobs: bool = False
+    round: int = 0  # debate round (0 for one-shot strategies)
+    sign: bool = False  # sign the answer with the agent's key (quorum votes)
 
 
 class Answer(msgspec.Struct, frozen=True, kw_only=True, tag="answer"):
@@ -150,6 +169,9 @@ class Answer(msgspec.Struct, frozen=True, kw_only=True, tag="answer"):
     prompt_s: float = 0.0
     generation_s: float = 0.0
     mean_logprob: float | None = None
+    round: int = 0
+    public_key: str = ""  # the agent's ed25519 (nkeys) public key, when signed
+    signature: str = ""  # base64 signature over vote_payload(task_id, round, agent, text)
 
 
 class Ping(msgspec.Struct, frozen=True, kw_only=True, tag="ping"):
@@ -161,9 +183,24 @@ class Pong(msgspec.Struct, frozen=True, kw_only=True, tag="pong"):
     state: str = "serving"
     served: int = 0
     mailbox: int = 0
+    # capacity, so a dispatcher that missed the join announcement can still place by it
+    device: str = ""
+    tokens_per_s: float = 0.0
+    prompt_tokens_per_s: float = 0.0
 
 
 class Stop(msgspec.Struct, frozen=True, kw_only=True, tag="stop"):
     """A control message: drain and leave (sent on ``lmt.<team>.control.<agent>``)."""
 
     reason: str = "requested"
+
+
+class Cancel(msgspec.Struct, frozen=True, kw_only=True, tag="cancel"):
+    """A control message: stop generating for ``task_id`` (a hedged request's loser).
+
+    Sent on ``lmt.<team>.control.<agent>`` rather than to the inbox, because the inbox is a
+    mailbox that the very prompt to cancel keeps busy.
+    """
+
+    task_id: str
+    reason: str = "hedge_lost"

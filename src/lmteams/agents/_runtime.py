@@ -129,6 +129,7 @@ class _Cell:
         self.restarts = 0
         self.stop_requested = anyio.Event()
         self.stopped = anyio.Event()
+        self._signalled = False  # whether spawn() has been told the actor started
         self._send: MemoryObjectSendStream[Incoming[Any]] | None = None
         self._log = log.bind(agent_id=actor_id, team=runtime.subjects.team)
 
@@ -144,18 +145,18 @@ class _Cell:
         )
 
     async def supervise(self, *, task_status: TaskStatus[None]) -> None:
+        """Run incarnations until stopped; ``spawn`` returns after the first one starts or fails."""
         crashes: deque[float] = deque()
-        started = False
+        status = task_status
         try:
             while not self.stop_requested.is_set():
                 actor = self.factory()
                 actor._context = ActorContext(self.runtime, self.actor_id, self.roles)
                 try:
-                    await self._incarnation(actor, task_status if not started else None)
-                    started = True
+                    await self._incarnation(actor, status)
                     break
                 except Exception as raised:
-                    started = True
+                    self._signal_started(status)  # spawn() returns; the supervisor keeps trying
                     exc = _unwrap(raised)
                     self.errors += 1
                     self._log.error("actor.crashed", error=f"{type(exc).__name__}: {exc}")
@@ -179,9 +180,14 @@ class _Cell:
                         await self.stop_requested.wait()
             self.state = ActorState.STOPPED
         finally:
-            if not started:  # never got going: do not leave spawn() waiting
-                task_status.started()
+            self._signal_started(status)  # never got going: do not leave spawn() waiting
             self.stopped.set()
+
+    def _signal_started(self, status: TaskStatus[None] | None) -> None:
+        """Tell ``spawn`` (once) that the actor is up, or that its first start failed."""
+        if status is not None and not self._signalled:
+            self._signalled = True
+            status.started()
 
     async def _incarnation(self, actor: Actor, task_status: TaskStatus[None] | None) -> None:
         bus = self.runtime.bus
@@ -212,8 +218,7 @@ class _Cell:
                     subs.append(role_sub)
             self.state = ActorState.RUNNING
             self._log.info("actor.started", roles=list(self.roles))
-            if task_status is not None:
-                task_status.started()
+            self._signal_started(task_status)
             mailbox_done = anyio.Event()
             body_done = anyio.Event()
             async with anyio.create_task_group() as tg:

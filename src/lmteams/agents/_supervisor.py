@@ -22,7 +22,8 @@ from anyio.abc import TaskGroup
 
 from lmteams._process import spawn, terminate
 from lmteams.agents._state import UpState, clear_state, state_dir, write_state
-from lmteams.bus import EmbeddedServer, ServerConfig, validate_token
+from lmteams.bus import EmbeddedServer, ServerConfig, load_security, validate_token
+from lmteams.errors import ConfigError
 
 __all__ = ("SupervisorConfig", "AgentProcessInfo", "Supervisor", "open_supervisor")
 
@@ -45,6 +46,9 @@ class SupervisorConfig(msgspec.Struct, frozen=True, kw_only=True):
     restart_backoff_s: float = 1.0
     restart_backoff_max_s: float = 30.0
     stable_after_s: float = 60.0  # a child that ran this long resets its backoff
+    replicas: int = 1  # JetStream replicas of the team's streams (3 on a 3-node cluster)
+    creds_dir: str | None = None  # from `lmteams bus up --secure`: agent-N.nk per agent
+    tls_ca: str | None = None  # CA bundle of a TLS bus
 
 
 class AgentProcessInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -90,11 +94,33 @@ class Supervisor:
             "--model", model, "--backend", c.backend, "--sim-device", c.sim_device,
             "--threads", str(self.threads_per_agent()),
             "--ack-wait", str(c.ack_wait_s), "--drain-timeout", str(c.drain_timeout_s),
-            "--json-logs",
+            "--replicas", str(c.replicas), "--json-logs",
+            *self.auth_argv(name),
         ]  # fmt: skip
+
+    def auth_argv(self, name: str) -> list[str]:
+        """Paths to the agent's own credentials, never a secret on the command line."""
+        c = self.config
+        argv: list[str] = []
+        if c.creds_dir:
+            argv += ["--nkey-seed", str(Path(c.creds_dir) / f"{name}.nk")]
+        if c.tls_ca:
+            argv += ["--tls-ca", c.tls_ca]
+        return argv
 
     async def start_agents(self, model: str) -> None:
         """Start every agent process; ``model`` is a resolved path or catalogue name."""
+        if self.config.creds_dir:
+            missing = [
+                n
+                for n in self.agent_names()
+                if not (Path(self.config.creds_dir) / f"{n}.nk").is_file()
+            ]
+            if missing:
+                raise ConfigError(
+                    f"no credentials for {', '.join(missing)} in {self.config.creds_dir}: "
+                    f"generate them with `lmteams bus up --secure --agents {self.config.agents}`"
+                )
         self.log_dir.mkdir(parents=True, exist_ok=True)
         for name in self.agent_names():
             child = _Child(name, self.log_dir / f"{name}.log")
@@ -156,7 +182,10 @@ async def open_supervisor(config: SupervisorConfig) -> AsyncIterator[Supervisor]
         server: EmbeddedServer | None = None
         url = config.nats_url
         if url is None:
-            server = EmbeddedServer(ServerConfig(port=config.port, store_dir=config.store_dir))
+            extra = load_security(config.creds_dir).server_config() if config.creds_dir else {}
+            server = EmbeddedServer(
+                ServerConfig(port=config.port, store_dir=config.store_dir, extra=extra)
+            )
             await server.start()
             stack.push_async_callback(_stop_server, server)
             url = server.url

@@ -10,13 +10,15 @@ from typing import Any
 
 import msgspec
 
-from lmteams.agents._messages import STRATEGIES, Task
+from lmteams.agents._messages import NORMALIZERS, STRATEGIES, Task
 from lmteams.bus import validate_token
 from lmteams.errors import ConfigError
 
 __all__ = ("task_problem", "salvage_task_id", "MAX_TOKENS_LIMIT")
 
 MAX_TOKENS_LIMIT = 8192
+MAX_ROUNDS = 10
+MAX_AGENTS = 64
 
 
 def task_problem(task: Task) -> str:
@@ -38,9 +40,14 @@ def task_problem(task: Task) -> str:
         (task.agents < 1, f"agents must be at least 1, got {task.agents}"),
         (
             task.strategy not in STRATEGIES,
-            f"strategy {task.strategy!r} is not available; this release implements "
-            f"{', '.join(STRATEGIES)}",
+            f"unknown strategy {task.strategy!r}: use one of {', '.join(STRATEGIES)}",
         ),
+        (
+            task.normalizer not in NORMALIZERS,
+            f"unknown normalizer {task.normalizer!r}: use one of {', '.join(NORMALIZERS)}",
+        ),
+        (not 1 <= task.rounds <= MAX_ROUNDS, f"rounds must be between 1 and {MAX_ROUNDS}"),
+        (task.agents > MAX_AGENTS, f"agents must be at most {MAX_AGENTS}, got {task.agents}"),
         (
             task.strategy == "single" and task.agents != 1,
             f"strategy 'single' answers with one agent, got agents={task.agents}",
@@ -53,7 +60,7 @@ def salvage_task_id(data: bytes, *, json: bool) -> str:
     """Best effort: the ``id`` of a task that failed strict decoding, so its caller hears why."""
     try:
         loose: Any = msgspec.json.decode(data) if json else msgspec.msgpack.decode(data)
-    except (msgspec.DecodeError, ValueError):
+    except (msgspec.DecodeError, ValueError, RecursionError):  # hostile nesting: no id
         return ""
     task_id = loose.get("id") if isinstance(loose, dict) else None
     if not isinstance(task_id, str):

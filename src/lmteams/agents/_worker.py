@@ -11,15 +11,18 @@ import contextlib
 import os
 import socket
 import time
+from collections import OrderedDict
 
 import anyio
 import msgspec
 import structlog
 
 from lmteams.agents._actor import Actor, handler
+from lmteams.agents._identity import AgentIdentity
 from lmteams.agents._messages import (
     AgentInfo,
     Answer,
+    Cancel,
     Heartbeat,
     Leave,
     Ping,
@@ -28,14 +31,19 @@ from lmteams.agents._messages import (
     Prompt,
     Result,
     Stage,
+    Stop,
     Task,
 )
+from lmteams.agents._roster import Roster
 from lmteams.agents._runtime import dead_letter
+from lmteams.agents._strategy import StrategyContext, get_strategy, registered_strategies
 from lmteams.agents._tasks import salvage_task_id, task_problem
 from lmteams.bus import (
     Codec,
     Delivery,
+    Incoming,
     StreamSettings,
+    Subscription,
     WorkQueue,
     WorkQueueSettings,
     ensure_team_streams,
@@ -44,13 +52,22 @@ from lmteams.bus import (
     open_work_queue,
     publish_durable,
 )
-from lmteams.errors import BusError, DecodeError, HardwareError
-from lmteams.hardware import Backend, BackendConfig, Completion, GenerateRequest, open_backend
+from lmteams.errors import AgentError, BusError, DecodeError, HardwareError
+from lmteams.hardware import (
+    Backend,
+    BackendConfig,
+    Completion,
+    GenerateRequest,
+    advertised_rates,
+    open_backend,
+)
 
 __all__ = ("WorkerConfig", "WorkerAgent")
 
 log = structlog.get_logger(__name__)
 _TASKS: Codec[Task] = Codec(Task)
+_CONTROL: Codec[Stop | Cancel] = Codec(Stop, Cancel)
+_REMEMBERED_CANCELS = 1024  # cancels that arrived before their prompt; oldest forgotten first
 
 
 class WorkerConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -78,6 +95,14 @@ class WorkerAgent(Actor):
         self.served = 0
         self.in_flight = 0
         self.duplicates = 0
+        self.cancelled = 0
+        self.identity = AgentIdentity()
+        self.roster: Roster | None = None
+        self.tokens_per_s = 0.0
+        self.prompt_tokens_per_s = 0.0
+        self._prompts: dict[str, anyio.CancelScope] = {}
+        self._early_cancels: OrderedDict[str, None] = OrderedDict()
+        self._control: Subscription | None = None
 
     # --- life cycle ------------------------------------------------------------------------
     def open_backend(self) -> contextlib.AbstractAsyncContextManager[Backend]:
@@ -89,6 +114,18 @@ class WorkerAgent(Actor):
         self.backend = await self._stack.enter_async_context(self.open_backend())
         await ensure_team_streams(ctx.bus, ctx.subjects, self.config.streams)
         self._queue = await open_work_queue(ctx.bus, ctx.subjects, self.config.queue)
+        # Cancels bypass the mailbox: the prompt they stop is what keeps the mailbox busy.
+        self._control = await ctx.bus.subscribe(
+            ctx.subjects.control(ctx.actor_id), self._on_control, codec=_CONTROL
+        )
+        self.tokens_per_s, self.prompt_tokens_per_s = advertised_rates(
+            self.backend, self.config.backend
+        )
+        self.roster = Roster(
+            ctx.bus, ctx.subjects, liveness_s=max(2.0, 3 * self.config.heartbeat_s)
+        )
+        await self.roster.open()
+        self.roster.see(ctx.actor_id, public_key=self.identity.public_key)
         info = AgentInfo(
             agent=ctx.actor_id,
             team=ctx.team,
@@ -99,9 +136,14 @@ class WorkerAgent(Actor):
             host=socket.gethostname(),
             pid=os.getpid(),
             started_at=time.time(),
+            tokens_per_s=self.tokens_per_s,
+            prompt_tokens_per_s=self.prompt_tokens_per_s,
+            public_key=self.identity.public_key,
         )
         await ctx.bus.publish(ctx.subjects.gossip("join"), info, sender=ctx.actor_id)
-        ctx.log.info("agent.joined", device=info.device, model=info.model)
+        ctx.log.info(
+            "agent.joined", device=info.device, model=info.model, tokens_per_s=info.tokens_per_s
+        )
 
     async def run(self) -> None:
         async with anyio.create_task_group() as tg:
@@ -119,6 +161,10 @@ class WorkerAgent(Actor):
 
     async def on_stop(self) -> None:
         ctx = self.context
+        if self._control is not None:
+            await self._control.unsubscribe()
+        if self.roster is not None:
+            await self.roster.close()
         with contextlib.suppress(BusError, OSError):
             await ctx.bus.publish(ctx.subjects.gossip("leave"), Leave(agent=ctx.actor_id))
         if self._queue is not None:
@@ -129,18 +175,29 @@ class WorkerAgent(Actor):
     # --- direct requests -------------------------------------------------------------------
     @handler
     async def on_prompt(self, msg: Prompt) -> Answer:
-        completion = await self._generate(
-            GenerateRequest(
-                prompt=msg.prompt,
-                system=msg.system,
-                max_tokens=msg.max_tokens,
-                temperature=msg.temperature,
-                seed=msg.seed,
-                logprobs=msg.logprobs,
-            )
+        if msg.task_id in self._early_cancels:
+            del self._early_cancels[msg.task_id]
+            self.cancelled += 1
+            raise AgentError(f"prompt {msg.task_id} was cancelled by its sender before it ran")
+        request = GenerateRequest(
+            prompt=msg.prompt,
+            system=msg.system,
+            max_tokens=msg.max_tokens,
+            temperature=msg.temperature,
+            seed=msg.seed,
+            logprobs=msg.logprobs,
         )
+        with anyio.CancelScope() as scope:
+            self._prompts[msg.task_id] = scope
+            try:
+                completion = await self._generate(request)
+            finally:
+                self._prompts.pop(msg.task_id, None)
+        if scope.cancelled_caught:
+            self.cancelled += 1
+            raise AgentError(f"prompt {msg.task_id} was cancelled by its sender")
         lp = completion.logprobs
-        return Answer(
+        answer = Answer(
             task_id=msg.task_id,
             agent=self.context.actor_id,
             text=completion.text,
@@ -151,7 +208,25 @@ class WorkerAgent(Actor):
             prompt_s=completion.timings.prompt_s,
             generation_s=completion.timings.generation_s,
             mean_logprob=sum(lp) / len(lp) if lp else None,
+            round=msg.round,
         )
+        if msg.sign:
+            answer = await self._signed(answer)
+        return answer
+
+    async def _signed(self, answer: Answer) -> Answer:
+        """Sign a vote and broadcast it: a vote told differently to someone else shows up."""
+        ctx = self.context
+        signed = msgspec.structs.replace(
+            answer,
+            public_key=self.identity.public_key,
+            signature=self.identity.sign_vote(
+                answer.task_id, answer.round, answer.agent, answer.text
+            ),
+        )
+        with contextlib.suppress(BusError):
+            await ctx.bus.publish(ctx.subjects.vote(answer.task_id), signed, sender=ctx.actor_id)
+        return signed
 
     @handler
     async def on_ping(self, msg: Ping) -> Pong:
@@ -159,7 +234,25 @@ class WorkerAgent(Actor):
             agent=self.context.actor_id,
             state="draining" if self._draining else "serving",
             served=self.served,
+            device=self.backend.device if self.backend else "",
+            tokens_per_s=self.tokens_per_s,
+            prompt_tokens_per_s=self.prompt_tokens_per_s,
         )
+
+    async def _on_control(self, incoming: Incoming[Stop | Cancel]) -> None:
+        """Cancel a prompt now if it runs, or when it is dequeued; ``Stop`` is the daemon's."""
+        match incoming.body:
+            case Cancel(task_id=task_id):
+                scope = self._prompts.get(task_id)
+                self.context.log.info("prompt.cancel", task_id=task_id, running=bool(scope))
+                if scope is not None:
+                    scope.cancel()
+                    return
+                self._early_cancels[task_id] = None
+                while len(self._early_cancels) > _REMEMBERED_CANCELS:
+                    self._early_cancels.popitem(last=False)
+            case Stop():
+                pass  # drain-and-leave belongs to whoever hosts the agent (the daemon)
 
     # --- the task path ---------------------------------------------------------------------
     async def _process(self, delivery: Delivery) -> None:
@@ -212,14 +305,16 @@ class WorkerAgent(Actor):
                 tg.start_soon(self._keep_claim, delivery)
                 await self._progress(task.id, Stage.GENERATING)
                 with anyio.fail_after(self.config.task_timeout_s):
-                    completion = await self._generate(request)
+                    if task.strategy == "single":
+                        completion = await self._generate(request)
+                        result = self._result(task, delivery, started, completion=completion)
+                    else:
+                        result = await self._coordinate(task, delivery, started)
                 tg.cancel_scope.cancel()
         except (HardwareError, TimeoutError) as err:
             kind = "timeout" if isinstance(err, TimeoutError) else "backend"
             ctx.log.warning("task.failed", kind=kind, error=str(err))
             result = self._result(task, delivery, started, error=(kind, str(err) or kind))
-        else:
-            result = self._result(task, delivery, started, completion=completion)
         await publish_durable(
             ctx.bus,
             ctx.subjects.results(task.id),
@@ -232,6 +327,47 @@ class WorkerAgent(Actor):
         self.served += 1
         await self._progress(task.id, Stage.DONE if result.ok else Stage.FAILED)
         ctx.log.info("task.done", ok=result.ok, tokens=result.tokens_out, seconds=result.total_s)
+
+    async def _coordinate(self, task: Task, delivery: Delivery, started: float) -> Result:
+        """Run a multi-agent strategy with this agent as the task's coordinator."""
+        ctx = self.context
+        strategy = get_strategy(task.strategy)
+        if strategy is None:
+            missing = (
+                "backend",
+                f"strategy {task.strategy!r} is not loaded on agent {ctx.actor_id} "
+                f"(it has {', '.join(registered_strategies())}); start agents with the "
+                "`lmteams` command or import lmteams.consensus",
+            )
+            return self._result(task, delivery, started, error=missing)
+        assert self.roster is not None
+        outcome = await strategy.run(
+            StrategyContext(
+                bus=ctx.bus,
+                subjects=ctx.subjects,
+                agent_id=ctx.actor_id,
+                roster=self.roster,
+                identity=self.identity,
+                ask_timeout_s=self.config.task_timeout_s,
+            ),
+            task,
+        )
+        base = self._result(task, delivery, started, error=(outcome.error_kind, outcome.error))
+        return msgspec.structs.replace(
+            base,
+            ok=outcome.ok,
+            answer=outcome.answer,
+            error="" if outcome.ok else outcome.error,
+            error_kind="" if outcome.ok else outcome.error_kind,
+            tokens_in=sum(a.tokens_in for a in outcome.answers),
+            tokens_out=sum(a.tokens_out for a in outcome.answers),
+            answers=outcome.answers,
+            rounds=outcome.rounds,
+            messages=outcome.messages,
+            tally=outcome.tally,
+            flagged=outcome.flagged,
+            device=self.backend.device if self.backend else "",
+        )
 
     def _result(
         self,
@@ -317,6 +453,7 @@ class WorkerAgent(Actor):
                 in_flight=self.in_flight,
                 served=self.served,
                 state="draining" if self._draining else "serving",
+                public_key=self.identity.public_key,
             )
             with contextlib.suppress(BusError):
                 await ctx.bus.publish(ctx.subjects.gossip("heartbeat"), beat, sender=ctx.actor_id)

@@ -90,6 +90,10 @@ class Codec(Generic[T]):
             raise DecodeError(reason, field=field) from None
         except msgspec.DecodeError as exc:
             raise DecodeError(str(exc)) from None
+        except RecursionError:
+            # msgspec skips unknown fields recursively: hostile nesting must be refused like
+            # any other bad body, not escape as an exception that crashes the receiver
+            raise DecodeError("the message is nested too deeply to decode") from None
         return result
 
 

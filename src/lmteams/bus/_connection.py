@@ -12,7 +12,7 @@ import functools
 import os
 import random
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from enum import StrEnum
 from typing import Any, Generic, TypeVar
 
@@ -40,6 +40,7 @@ from lmteams.bus._fastclient import FastClient
 from lmteams.bus._server import EmbeddedServer, ServerConfig, run_server
 from lmteams.errors import (
     DecodeError,
+    EncodeError,
     NoRespondersError,
     NotConnectedError,
     RemoteError,
@@ -86,6 +87,7 @@ class BusStatistics(msgspec.Struct, frozen=True, kw_only=True):
     disconnects: int
     reconnects: int
     clock: int
+    permission_violations: int = 0
 
 
 class Incoming(Generic[T]):
@@ -193,6 +195,7 @@ class Bus:
         self._handler_errors = 0
         self._disconnects = 0
         self._reconnects = 0
+        self._permission_violations = 0
 
     # --- envelope --------------------------------------------------------------------------
     def headers_for(
@@ -236,7 +239,8 @@ class Bus:
         self._ensure_open()
         data = encode_json(body) if json else encode(body)
         headers = self.headers_for(body, sender=sender, trace=trace, msg_id=msg_id, json=json)
-        await self.nc.publish(subject, data, reply=reply, headers=headers)
+        with _payload_guard(subject, data, self.nc):
+            await self.nc.publish(subject, data, reply=reply, headers=headers)
         self._published += 1
 
     async def publish_raw(
@@ -244,7 +248,8 @@ class Bus:
     ) -> None:
         """Publish bytes as they are: for dead letters and for tests of hostile input."""
         self._ensure_open()
-        await self.nc.publish(subject, data, headers=headers)
+        with _payload_guard(subject, data, self.nc):
+            await self.nc.publish(subject, data, headers=headers)
         self._published += 1
 
     def decode(self, msg: Msg, codec: Codec[T]) -> T:
@@ -341,8 +346,10 @@ class Bus:
         self._ensure_open()
         headers = self.headers_for(body, sender=sender, trace=trace)
         self._requests += 1
+        data = encode(body)
         try:
-            msg = await self.nc.request(subject, encode(body), timeout=timeout, headers=headers)
+            with _payload_guard(subject, data, self.nc):
+                msg = await self.nc.request(subject, data, timeout=timeout, headers=headers)
         except nats.errors.NoRespondersError:
             raise NoRespondersError(f"no agent is listening on {subject}") from None
         except nats.errors.TimeoutError:
@@ -369,6 +376,7 @@ class Bus:
             disconnects=self._disconnects,
             reconnects=self._reconnects,
             clock=self.clock.time,
+            permission_violations=self._permission_violations,
         )
 
     # --- connection events (wired by open_bus) ---------------------------------------------
@@ -380,6 +388,18 @@ class Bus:
     def _on_reconnected(self) -> None:
         self._reconnects += 1
         self.state = BusState.CONNECTED
+
+
+@contextlib.contextmanager
+def _payload_guard(subject: str, data: bytes, nc: NatsClient) -> Iterator[None]:
+    """nats-py refuses a body over the server's ``max_payload`` with a bare error; say which."""
+    try:
+        yield
+    except nats.errors.MaxPayloadError:
+        raise EncodeError(
+            f"message to {subject} is {len(data)} bytes, over the server's max_payload of "
+            f"{nc.max_payload} bytes: send less, or raise max_payload in the server config"
+        ) from None
 
 
 class _Backoff:
@@ -410,9 +430,24 @@ class _ConnectionEvents:
         self.log = log
         self.backoff = backoff
         self.bus: Bus | None = None
+        self.connecting = True  # until the first connect succeeds
 
     async def error(self, exc: Exception) -> None:
-        self.log.warning("bus.error", error=f"{type(exc).__name__}: {exc}")
+        text = f"{exc}"
+        if "permissions violation" in text.lower():
+            # the server refused one publish or subscribe and keeps the connection: count it
+            # so callers (and tests) can see what a credential was not allowed to do
+            self.log.warning("bus.permission_denied", error=text)
+            if self.bus is not None:
+                self.bus._permission_violations += 1
+            return
+        refused = isinstance(exc, nats.errors.AuthorizationError)
+        refused = refused or "authorization violation" in text.lower()
+        self.log.warning("bus.error", error=f"{type(exc).__name__}: {text}")
+        if refused and self.connecting:
+            # nats-py retries a refused first login like a dead server, until the deadline;
+            # raising from its error callback ends connect() now (wrong keys will not heal)
+            raise nats.errors.AuthorizationError
 
     async def disconnected(self) -> None:
         closing = self.bus is not None and self.bus.state is BusState.CLOSED
@@ -501,10 +536,16 @@ async def open_bus(
             with contextlib.suppress(Exception):
                 await nc.close()
             reason = "no answer in time" if isinstance(exc, TimeoutError) else f"{exc}"
+            hint = "Is the server up? (omit --nats to use the embedded server)"
+            if isinstance(exc, nats.errors.AuthorizationError) or "uthorization" in reason:
+                hint = (
+                    "The server refused these credentials: pass --nkey-seed FILE (or "
+                    "--user with $LMTEAMS_NATS_PASSWORD) as `lmteams bus up --secure` printed"
+                )
             raise NotConnectedError(
-                f"cannot connect to NATS at {url}: {type(exc).__name__}: {reason}. "
-                "Is the server up? (omit --nats to use the embedded server)"
+                f"cannot connect to NATS at {url}: {type(exc).__name__}: {reason}. {hint}"
             ) from exc
+        events.connecting = False
         events.log.info("bus.connected", server=url, embedded=server is not None)
         bus = events.bus = Bus(nc, name=name, js_domain=js_domain)
         try:

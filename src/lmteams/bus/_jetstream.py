@@ -21,7 +21,7 @@ from nats.js.kv import KeyValue
 from lmteams.bus._codec import encode, encode_json
 from lmteams.bus._connection import Bus
 from lmteams.bus._subjects import SubjectKind, Subjects
-from lmteams.errors import BusError, RevisionMismatchError
+from lmteams.errors import BusError, EncodeError, RevisionMismatchError
 
 __all__ = (
     "StreamSettings",
@@ -49,6 +49,8 @@ class StreamSettings(msgspec.Struct, frozen=True, kw_only=True):
     dedupe_window_s: float = 120.0
     results_max_age_s: float = 24 * 3600.0
     dead_max_age_s: float = 7 * 24 * 3600.0
+    dead_max_msgs: int = 100_000  # a flood of bad input keeps the newest, never fills the disk
+    dead_max_bytes: int = 256 * 1024 * 1024
     max_payload: int | None = None
 
 
@@ -141,6 +143,9 @@ async def ensure_team_streams(
             storage=api.StorageType.FILE,
             num_replicas=s.replicas,
             max_age=s.dead_max_age_s,
+            max_msgs=s.dead_max_msgs,
+            max_bytes=s.dead_max_bytes,
+            discard=api.DiscardPolicy.OLD,
         ),
     )
     log.debug("bus.streams_ready", team=subjects.team, replicas=s.replicas)
@@ -165,6 +170,11 @@ async def publish_durable(
     """
     headers = bus.headers_for(body, sender=sender, trace=trace, msg_id=msg_id, json=json)
     data = encode_json(body) if json else encode(body)
+    if len(data) > bus.nc.max_payload:  # nats-py would raise a bare MaxPayloadError
+        raise EncodeError(
+            f"message to {subject} is {len(data)} bytes, over the server's max_payload of "
+            f"{bus.nc.max_payload} bytes: send less, or raise max_payload in the server config"
+        )
 
     async def attempt() -> api.PubAck:
         return await bus.js.publish(subject, data, headers=headers, timeout=min(timeout, 2.0))

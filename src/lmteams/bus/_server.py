@@ -211,7 +211,11 @@ class EmbeddedServer:
                     "or choose another with --port"
                 )
         self.store_dir.mkdir(parents=True, exist_ok=True)
-        self.config_path.write_bytes(msgspec.json.encode(self.render_config()))
+        # 0600: with accounts or passwords in ``extra`` the config file is a secret
+        fd = os.open(self.config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as conf:
+            os.fchmod(conf.fileno(), 0o600)
+            conf.write(msgspec.json.encode(self.render_config()))
         self._proc = await spawn([str(binary), "-c", str(self.config_path)])
         self._log.info("nats.starting", pid=self._proc.pid, store=str(self.store_dir))
         try:

@@ -40,6 +40,7 @@ class SubjectKind(StrEnum):
     GOSSIP = "gossip"
     CONTROL = "control"
     DEAD = "dead"
+    VOTE = "vote"
 
 
 class ParsedSubject(msgspec.Struct, frozen=True, kw_only=True):
@@ -82,8 +83,25 @@ class Subjects(msgspec.Struct, frozen=True):
     def gossip(self, topic: str) -> str:
         return f"{self.root}.gossip.{validate_token(topic, 'gossip topic')}"
 
+    def gossip_member(self, member: str) -> str:
+        """A gossip member's SWIM inbox, ``lmt.<team>.gossip.swim.<member>``.
+
+        Two tokens under ``gossip`` so ``lmt.<team>.gossip.swim.>`` watches all SWIM traffic
+        and no member name can collide with the ``join``/``heartbeat``/``leave`` topics.
+        """
+        return f"{self.root}.gossip.swim.{validate_token(member, 'gossip member')}"
+
+    @property
+    def gossip_seed(self) -> str:
+        """Where a joining gossip member finds any current member (a queue group)."""
+        return f"{self.root}.gossip.swim-seed"
+
     def control(self, agent_id: str) -> str:
         return f"{self.root}.control.{validate_token(agent_id, 'agent id')}"
+
+    def vote(self, task_id: str) -> str:
+        """Where agents broadcast their signed votes on a task, so conflicting ones show."""
+        return f"{self.root}.vote.{validate_token(task_id, 'task id')}"
 
     def dead(self, reason: str) -> str:
         return f"{self.root}.dead.{validate_token(reason, 'dead-letter reason')}"

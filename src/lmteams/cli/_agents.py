@@ -12,18 +12,30 @@ import msgspec
 import typer
 
 from lmteams.agents import (
+    NORMALIZERS,
     STRATEGIES,
     DaemonConfig,
     SupervisorConfig,
     Task,
+    TeamClient,
     WorkerConfig,
-    connect,
     open_supervisor,
     pid_alive,
     read_state,
+    resolve_url,
     run_daemon,
 )
-from lmteams.bus import WorkQueueSettings, new_id
+from lmteams.bus import (
+    ENV_NKEY_SEED,
+    ENV_PASSWORD,
+    ENV_USER,
+    BusAuth,
+    StreamSettings,
+    WorkQueueSettings,
+    ensure_team_streams,
+    new_id,
+    open_bus,
+)
 from lmteams.cli._common import NatsOption, TeamOption, err, out, run_async, setup_logs
 from lmteams.errors import LmteamsError
 from lmteams.hardware import BACKEND_KINDS, BackendConfig, ModelFile, resolve_model
@@ -43,6 +55,37 @@ BackendOption = Annotated[
 SimDeviceOption = Annotated[
     str, typer.Option(help="Device class for --backend sim (see `lmteams hardware`).")
 ]
+ReplicasOption = Annotated[
+    int, typer.Option(help="JetStream replicas of the team's streams (3 on a 3-node cluster).")
+]
+NkeySeedOption = Annotated[
+    str | None,
+    typer.Option(
+        "--nkey-seed",
+        envvar=ENV_NKEY_SEED,
+        help="Seed file of this user's nkey (from `lmteams bus up --secure`).",
+    ),
+]
+UserOption = Annotated[
+    str | None,
+    typer.Option(
+        "--user", envvar=ENV_USER, help=f"User name; the password comes from ${ENV_PASSWORD}."
+    ),
+]
+CredsOption = Annotated[
+    str | None, typer.Option("--creds", help="A NATS .creds file (JWT operator mode).")
+]
+TlsCaOption = Annotated[
+    str | None, typer.Option("--tls-ca", help="CA bundle that signed the bus's TLS certificate.")
+]
+
+
+def _auth(
+    nkey_seed: str | None, user: str | None, creds: str | None, tls_ca: str | None
+) -> BusAuth:
+    """Credentials by path or environment; a password is read from $LMTEAMS_NATS_PASSWORD only,
+    so it never shows in ``ps`` or shell history."""
+    return BusAuth.from_env(nkey_seed=nkey_seed, user=user, creds=creds, tls_ca=tls_ca)
 
 
 @agent_app.command("start")
@@ -62,6 +105,11 @@ def agent_start(
         float, typer.Option(help="On SIGTERM, seconds to finish the task in hand.")
     ] = 60.0,
     json_logs: Annotated[bool, typer.Option("--json-logs", help="JSON log lines.")] = False,
+    replicas: ReplicasOption = 1,
+    nkey_seed: NkeySeedOption = None,
+    user: UserOption = None,
+    creds: CredsOption = None,
+    tls_ca: TlsCaOption = None,
 ) -> None:
     """Join a team and serve its tasks until SIGTERM (which drains)."""
     setup_logs(json=json_logs, default_level="info")
@@ -81,7 +129,9 @@ def agent_start(
                 kind=backend, model=model, n_threads=threads, sim_device=sim_device
             ),
             queue=WorkQueueSettings(ack_wait_s=ack_wait),
+            streams=StreamSettings(replicas=replicas),
         ),
+        auth=_auth(nkey_seed, user, creds, tls_ca),
     )
     code = run_async(run_daemon, config)
     raise typer.Exit(code=code)
@@ -102,6 +152,15 @@ def up(
         str | None, typer.Option("--nats", help="Use this NATS instead of the embedded bus.")
     ] = None,
     ack_wait: Annotated[float, typer.Option(help="Redelivery timeout, seconds.")] = 30.0,
+    replicas: ReplicasOption = 1,
+    creds_dir: Annotated[
+        str | None,
+        typer.Option(
+            help="Credentials from `lmteams bus up --secure`: each agent uses its own seed; "
+            "the embedded bus (without --nats) requires them."
+        ),
+    ] = None,
+    tls_ca: TlsCaOption = None,
 ) -> None:
     """Start the embedded bus and N agents; restart crashed agents; Ctrl-C stops all."""
     setup_logs(default_level="info")
@@ -118,6 +177,9 @@ def up(
         port=port,
         nats_url=nats,
         ack_wait_s=ack_wait,
+        replicas=replicas,
+        creds_dir=creds_dir,
+        tls_ca=tls_ca,
     )
 
     async def main() -> None:
@@ -173,6 +235,10 @@ def task_publish(
     strategy: Annotated[
         str, typer.Option(help=f"How answers are agreed: {'|'.join(STRATEGIES)}.")
     ] = "single",
+    normalizer: Annotated[
+        str, typer.Option(help=f"How votes are compared: {'|'.join(NORMALIZERS)}.")
+    ] = "auto",
+    rounds: Annotated[int, typer.Option(help="Most debate rounds.")] = 3,
     system: Annotated[str | None, typer.Option(help="System prompt.")] = None,
     max_tokens: Annotated[int, typer.Option(help="Most tokens to generate.")] = 128,
     temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = 0.0,
@@ -182,6 +248,11 @@ def task_publish(
     wait: Annotated[bool, typer.Option("--wait", help="Wait for the result.")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait with --wait.")] = 300.0,
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    replicas: ReplicasOption = 1,
+    nkey_seed: NkeySeedOption = None,
+    user: UserOption = None,
+    creds: CredsOption = None,
+    tls_ca: TlsCaOption = None,
 ) -> None:
     """Publish a task to the team's queue; with --wait, print its result."""
     setup_logs()
@@ -196,8 +267,13 @@ def task_publish(
         submitted_at=time.time(),
     )
 
+    auth = _auth(nkey_seed, user, creds, tls_ca)
+
     async def main() -> None:
-        async with connect(nats, team=team) as client:
+        url = resolve_url(nats, team)
+        async with open_bus(url, name="client", **auth.options()) as bus:
+            client = TeamClient(bus, team)
+            await ensure_team_streams(bus, client.subjects, StreamSettings(replicas=replicas))
             if not wait:
                 await client.publish(task)
                 typer.echo(

@@ -21,6 +21,17 @@ from lmteams.hardware._models import (
     pull_model,
     resolve_model,
 )
+from lmteams.hardware._placement import (
+    AgentLoad,
+    HedgePolicy,
+    LeastExpectedCompletion,
+    Placement,
+    RandomPlacement,
+    RoundRobin,
+    advertised_rates,
+    expected_finish,
+    stand_in_rates,
+)
 from lmteams.hardware._profile import DeviceProfile, cached_profiles, profile
 from lmteams.hardware._sim import (
     DEVICE_CLASSES,
@@ -62,6 +73,16 @@ __all__ = (
     "profile",
     "DeviceProfile",
     "cached_profiles",
+    # placement and hedging
+    "AgentLoad",
+    "Placement",
+    "LeastExpectedCompletion",
+    "RoundRobin",
+    "RandomPlacement",
+    "HedgePolicy",
+    "expected_finish",
+    "stand_in_rates",
+    "advertised_rates",
     # model files
     "resolve_model",
     "pull_model",

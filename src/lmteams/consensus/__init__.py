@@ -1,0 +1,44 @@
+"""Consensus: how a team agrees on answers and on who leads.
+
+Importing this package registers the ``vote``, ``weighted``, ``debate`` and ``quorum``
+strategies with the agents that run in this process (the ``lmteams`` command always does).
+"""
+
+from lmteams.agents import register_strategy
+from lmteams.consensus._debate import DebateStrategy, debate_prompt
+from lmteams.consensus._election import FencedStore, LeaderElection, Leadership
+from lmteams.consensus._normalize import Normalizer, normalize, normalizer, register_normalizer
+from lmteams.consensus._quorum import QuorumStrategy, faults_tolerated, verify_quorum
+from lmteams.consensus._tally import Tally, majority_probability, plurality
+from lmteams.consensus._vote import TrackRecord, VoteStrategy
+
+__all__ = (
+    # strategies
+    "VoteStrategy",
+    "DebateStrategy",
+    "QuorumStrategy",
+    "TrackRecord",
+    "debate_prompt",
+    "faults_tolerated",
+    "verify_quorum",
+    # votes
+    "Normalizer",
+    "normalize",
+    "normalizer",
+    "register_normalizer",
+    "Tally",
+    "plurality",
+    "majority_probability",
+    # leadership
+    "LeaderElection",
+    "Leadership",
+    "FencedStore",
+)
+
+for _strategy in (
+    VoteStrategy(),
+    VoteStrategy(weighted=True),
+    DebateStrategy(),
+    QuorumStrategy(),
+):
+    register_strategy(_strategy)

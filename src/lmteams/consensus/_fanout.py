@@ -1,0 +1,84 @@
+"""Choosing the agents that answer a task and asking them all at once."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+import anyio
+import msgspec
+
+from lmteams.agents import AgentAnswer, Answer, Outcome, Prompt, StrategyContext, Task, agent_seed
+from lmteams.errors import LmteamsError
+
+__all__ = ("choose_agents", "ask_all", "prompt_for", "as_agent_answer", "not_enough_agents")
+
+DEFAULT_VOTE_TEMPERATURE = 0.7
+"""Identical greedy answers make a vote pointless: voters sample unless the task says how."""
+
+
+def choose_agents(ctx: StrategyContext, task: Task) -> list[str] | None:
+    """``task.agents`` distinct live agents, this one first, the rest drawn by task id."""
+    live = ctx.roster.live()
+    if ctx.agent_id not in live:
+        live = sorted({*live, ctx.agent_id})
+    if len(live) < task.agents:
+        return None
+    others = [a for a in live if a != ctx.agent_id]
+    return [ctx.agent_id, *random.Random(task.id).sample(others, task.agents - 1)]
+
+
+def not_enough_agents(ctx: StrategyContext, task: Task) -> Outcome:
+    live = len(ctx.roster.live())
+    return Outcome(
+        ok=False,
+        error_kind="agents",
+        error=f"task {task.id} asks for {task.agents} agents but {live} are live in the team",
+    )
+
+
+def prompt_for(task: Task, agent: str, **changes: object) -> Prompt:
+    base = Prompt(
+        task_id=task.id,
+        prompt=task.prompt,
+        system=task.system,
+        max_tokens=task.max_tokens,
+        temperature=task.temperature or DEFAULT_VOTE_TEMPERATURE,
+        seed=agent_seed(task.id, agent) if task.seed is None else task.seed + len(agent),
+    )
+    return msgspec.structs.replace(base, **changes) if changes else base
+
+
+async def ask_all(
+    ctx: StrategyContext, agents: list[str], make: Callable[[str], Prompt]
+) -> dict[str, Answer | LmteamsError]:
+    """Ask every agent concurrently; a failed or late agent shows as its error, not a crash."""
+    replies: dict[str, Answer | LmteamsError] = {}
+
+    async def one(agent: str) -> None:
+        try:
+            replies[agent] = await ctx.ask(agent, make(agent))
+        except LmteamsError as err:
+            replies[agent] = err
+
+    async with anyio.create_task_group() as tg:
+        for agent in agents:
+            tg.start_soon(one, agent)
+    return replies
+
+
+def as_agent_answer(answer: Answer, *, normalized: str, weight: float = 1.0) -> AgentAnswer:
+    return AgentAnswer(
+        agent=answer.agent,
+        text=answer.text,
+        device=answer.device,
+        model=answer.model,
+        tokens_in=answer.tokens_in,
+        tokens_out=answer.tokens_out,
+        seconds=answer.prompt_s + answer.generation_s,
+        round=answer.round,
+        normalized=normalized,
+        weight=weight,
+        public_key=answer.public_key,
+        signature=answer.signature,
+    )

@@ -1,0 +1,93 @@
+"""Leader election and fencing on JetStream KV, candidates on separate connections."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+from lmteams.bus import EmbeddedServer, open_bus
+from lmteams.consensus import FencedStore, LeaderElection
+from lmteams.errors import FencedOutError
+from lmteams.testing import wait_until
+
+TTL = 1.0
+
+
+class Candidate:
+    def __init__(self, name: str, election: LeaderElection, scope: anyio.CancelScope) -> None:
+        self.name = name
+        self.election = election
+        self.scope = scope
+
+
+async def _candidates(
+    server: EmbeddedServer, names: list[str], tg: anyio.abc.TaskGroup
+) -> list[Candidate]:
+    out: list[Candidate] = []
+    for name in names:
+
+        async def run(name: str = name, *, task_status: anyio.abc.TaskStatus[Candidate]) -> None:
+            async with open_bus(server.url, name=name) as bus:
+                election = LeaderElection(bus, "elect", candidate=name, ttl_s=TTL)
+                with anyio.CancelScope() as scope:
+                    async with anyio.create_task_group() as inner:
+                        await inner.start(election.run)
+                        task_status.started(Candidate(name, election, scope))
+                        await anyio.sleep_forever()
+
+        out.append(await tg.start(run))
+    return out
+
+
+def _leaders(cands: list[Candidate]) -> list[str]:
+    return [c.name for c in cands if c.election.is_leader]
+
+
+async def test_one_leader_then_handover_when_it_dies(nats_server: EmbeddedServer) -> None:
+    async with anyio.create_task_group() as tg:
+        cands = await _candidates(nats_server, ["a", "b", "c"], tg)
+        await wait_until(lambda: len(_leaders(cands)) == 1, timeout=10)
+        (old,) = [c for c in cands if c.election.is_leader]
+        old_token = old.election.token
+        await wait_until(lambda: all(c.election.leader == old.name for c in cands), timeout=10)
+        old.scope.cancel()  # dies without resigning: its lease must expire
+        rest = [c for c in cands if c is not old]
+        with anyio.fail_after(TTL * 4):
+            await wait_until(lambda: len(_leaders(rest)) == 1, timeout=TTL * 4)
+        (new,) = [c for c in rest if c.election.is_leader]
+        assert new.election.token > old_token  # fencing tokens only grow
+        tg.cancel_scope.cancel()
+
+
+async def test_renewal_keeps_the_lease_past_its_ttl(nats_server: EmbeddedServer) -> None:
+    async with anyio.create_task_group() as tg:
+        cands = await _candidates(nats_server, ["a", "b"], tg)
+        await wait_until(lambda: len(_leaders(cands)) == 1, timeout=10)
+        leader = _leaders(cands)[0]
+        await anyio.sleep(TTL * 3)  # several TTLs: renewals at 3/4 TTL keep it
+        assert _leaders(cands) == [leader]
+        assert [c.election.terms for c in cands if c.name == leader] == [1]
+        tg.cancel_scope.cancel()
+
+
+async def test_resign_hands_over_before_expiry(nats_server: EmbeddedServer) -> None:
+    async with anyio.create_task_group() as tg:
+        cands = await _candidates(nats_server, ["a", "b"], tg)
+        await wait_until(lambda: len(_leaders(cands)) == 1, timeout=10)
+        (leader,) = [c for c in cands if c.election.is_leader]
+        await leader.election.resign()
+        leader.scope.cancel()
+        other = next(c for c in cands if c is not leader)
+        await wait_until(lambda: other.election.is_leader, timeout=TTL * 2)
+        tg.cancel_scope.cancel()
+
+
+async def test_a_stale_leader_is_fenced_out(nats_server: EmbeddedServer) -> None:
+    async with open_bus(nats_server.url) as bus:
+        store = await FencedStore.open(bus, "elect")
+        await store.write("plan", b"from leader 1", token=5)
+        await store.write("plan", b"from leader 2", token=9)
+        with pytest.raises(FencedOutError, match="older than 9"):
+            await store.write("plan", b"late write by leader 1", token=5)
+        assert await store.read("plan") == (9, b"from leader 2")
+        await store.write("plan", b"leader 2 again", token=9)  # the same leader may go on
