@@ -144,3 +144,20 @@ async def test_sigterm_drain_loses_nothing(team: Team) -> None:
     assert all(r.ok for r in results)
     drained = [r for r in results if r.task_id == "drain-0"]
     assert drained[0].agent == victim and drained[0].deliveries == 1  # finished, not redone
+
+
+async def test_vote_on_the_real_model(team: Team) -> None:
+    client = TeamClient(team.bus, TEAM)
+    result = await client.submit(
+        "What is 2 + 3? Answer with a number.",
+        strategy="vote",
+        agents=2,
+        normalizer="number",
+        max_tokens=12,
+        timeout=180,
+    )
+    assert result.strategy == "vote" and len(result.answers) == 2
+    assert {a.agent for a in result.answers} == set(team.agents)
+    assert all(a.model.startswith("SmolLM2") for a in result.answers)
+    assert sum(result.tally.values()) == sum(1 for a in result.answers if a.normalized)
+    assert result.messages == 4 and result.tokens_out > 0

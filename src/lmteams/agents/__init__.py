@@ -6,7 +6,7 @@ queue, answers them with its hardware backend, and publishes exactly one result 
 
 from lmteams.agents._actor import Actor, handler
 from lmteams.agents._client import TeamClient, connect, resolve_url
-from lmteams.agents._daemon import DaemonConfig, run_daemon
+from lmteams.agents._daemon import DaemonConfig, Service, run_daemon
 from lmteams.agents._dispatch import (
     Dispatcher,
     DispatcherConfig,
@@ -86,6 +86,7 @@ __all__ = (
     "WorkerConfig",
     "DaemonConfig",
     "run_daemon",
+    "Service",
     "Supervisor",
     "SupervisorConfig",
     "AgentProcessInfo",

@@ -8,6 +8,8 @@ A worker that keeps crashing exits 1 so that the process supervisor can decide.
 from __future__ import annotations
 
 import signal
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
 
 import anyio
 import msgspec
@@ -16,9 +18,9 @@ import structlog
 from lmteams.agents._messages import Cancel, Stop
 from lmteams.agents._runtime import ActorState, open_runtime
 from lmteams.agents._worker import WorkerAgent, WorkerConfig
-from lmteams.bus import BusAuth, Codec, Incoming, open_bus, validate_token
+from lmteams.bus import Bus, BusAuth, Codec, Incoming, open_bus, validate_token
 
-__all__ = ("DaemonConfig", "run_daemon")
+__all__ = ("DaemonConfig", "Service", "run_daemon")
 
 log = structlog.get_logger(__name__)
 
@@ -33,7 +35,12 @@ class DaemonConfig(msgspec.Struct, frozen=True, kw_only=True):
     auth: BusAuth = BusAuth()  # credentials for a secured bus (paths; secrets hidden in repr)
 
 
-async def run_daemon(config: DaemonConfig) -> int:
+Service = Callable[[Bus, str], Coroutine[Any, Any, None]]
+"""Something an agent process runs beside its worker, given the bus and the agent's name
+(the ``lmteams`` command uses it for leader election, which lives in a layer above)."""
+
+
+async def run_daemon(config: DaemonConfig, *, services: Sequence[Service] = ()) -> int:
     """Serve until told to stop; return the process exit code."""
     validate_token(config.team, "team name")
     validate_token(config.name, "agent name")
@@ -68,6 +75,8 @@ async def run_daemon(config: DaemonConfig) -> int:
                         return
 
             tg.start_soon(on_signals)
+            for service in services:
+                tg.start_soon(service, bus, config.name)
             while not stop.is_set():
                 with anyio.move_on_after(0.5):
                     await stop.wait()

@@ -15,6 +15,7 @@ from lmteams.agents import (
     NORMALIZERS,
     STRATEGIES,
     DaemonConfig,
+    Service,
     SupervisorConfig,
     Task,
     TeamClient,
@@ -29,6 +30,7 @@ from lmteams.bus import (
     ENV_NKEY_SEED,
     ENV_PASSWORD,
     ENV_USER,
+    Bus,
     BusAuth,
     StreamSettings,
     WorkQueueSettings,
@@ -37,6 +39,7 @@ from lmteams.bus import (
     open_bus,
 )
 from lmteams.cli._common import NatsOption, TeamOption, err, out, run_async, setup_logs
+from lmteams.consensus import LeaderElection
 from lmteams.errors import LmteamsError
 from lmteams.hardware import BACKEND_KINDS, BackendConfig, ModelFile, resolve_model
 
@@ -105,6 +108,11 @@ def agent_start(
         float, typer.Option(help="On SIGTERM, seconds to finish the task in hand.")
     ] = 60.0,
     json_logs: Annotated[bool, typer.Option("--json-logs", help="JSON log lines.")] = False,
+    elect: Annotated[
+        list[str] | None,
+        typer.Option(help="Stand for this role's leader election (repeatable), e.g. coordinator."),
+    ] = None,
+    lease_ttl: Annotated[float, typer.Option(help="Leader lease TTL, seconds.")] = 5.0,
     replicas: ReplicasOption = 1,
     nkey_seed: NkeySeedOption = None,
     user: UserOption = None,
@@ -133,8 +141,18 @@ def agent_start(
         ),
         auth=_auth(nkey_seed, user, creds, tls_ca),
     )
-    code = run_async(run_daemon, config)
+    services = [_standing_for(team, role, lease_ttl) for role in elect or ()]
+    code = run_async(lambda: run_daemon(config, services=services))
     raise typer.Exit(code=code)
+
+
+def _standing_for(team: str, role: str, ttl: float) -> Service:
+    """A daemon service: this agent stands in ``role``'s election for as long as it runs."""
+
+    async def stand(bus: Bus, name: str) -> None:
+        await LeaderElection(bus, team, candidate=name, role=role, ttl_s=ttl).run()
+
+    return stand
 
 
 def up(

@@ -134,6 +134,7 @@ def demo(
                                 live.update(board.table(ids))
                                 await anyio.sleep(0.1)
                         live.update(board.table(ids))
+                out.print()
                 _report(board, ids)
                 out.print("stopping: agents drain and leave, then the bus stops")
 
