@@ -15,32 +15,13 @@ TTL = 1.5
 
 
 async def test_killing_the_leader_process_hands_the_role_over(nats_server: EmbeddedServer) -> None:
-    procs = {
-        name: subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "lmteams",
-                "agent",
-                "start",
-                "--team",
-                TEAM,
-                "--name",
-                name,
-                "--backend",
-                "sim",
-                "--nats",
-                nats_server.url,
-                "--elect",
-                "coordinator",
-                "--lease-ttl",
-                str(TTL),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        for name in ("a1", "a2", "a3")
-    }
+    def start(name: str) -> subprocess.Popen[bytes]:
+        argv = [sys.executable, "-m", "lmteams", "agent", "start", "--team", TEAM]
+        argv += ["--name", name, "--backend", "sim", "--nats", nats_server.url]
+        argv += ["--elect", "coordinator", "--lease-ttl", str(TTL)]
+        return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    procs = {name: start(name) for name in ("a1", "a2", "a3")}
     try:
         async with open_bus(nats_server.url, name="observer") as bus:
             kv = await open_kv(bus, Subjects(TEAM).kv_bucket("leases"))
