@@ -15,6 +15,8 @@ from lmteams.errors import ConfigError
         ("42.", "auto", "42"),
         ("17 + 25 = 42", "auto", "42"),
         ("The answer is 42 because 6*7.", "number", "42"),
+        ("3 times 7 is 21.", "number", "21"),
+        ("I count 3, then 4, then 5", "number", "5"),
         ("3.50", "number", "3.5"),
         ("-7", "number", "-7"),
         ("Yes, it is.", "auto", "yes"),

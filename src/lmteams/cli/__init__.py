@@ -10,6 +10,8 @@ from lmteams.cli._bus import bus_app
 from lmteams.cli._common import setup_logs
 from lmteams.cli._demo import demo
 from lmteams.cli._hardware import hardware_app, model_app
+from lmteams.cli._plan import plan_cmd
+from lmteams.cli._status import status
 from lmteams.cli._study import study_app
 
 __all__ = ("app", "main")
@@ -27,6 +29,8 @@ app = typer.Typer(
 app.command("demo")(demo)
 app.command("up")(up)
 app.command("down")(down)
+app.command("status")(status)
+app.command("plan")(plan_cmd)
 app.add_typer(bus_app)
 app.add_typer(agent_app)
 app.add_typer(task_app)

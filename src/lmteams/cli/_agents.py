@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from pathlib import Path
 from typing import Annotated
 
 import anyio
@@ -41,6 +42,7 @@ from lmteams.bus import (
 from lmteams.cli._common import NatsOption, TeamOption, err, out, run_async, setup_logs
 from lmteams.consensus import LeaderElection
 from lmteams.errors import LmteamsError
+from lmteams.gossip import MetaValue, open_member
 from lmteams.hardware import BACKEND_KINDS, BackendConfig, ModelFile, resolve_model
 
 __all__ = ("agent_app", "up", "down", "task_app")
@@ -142,6 +144,7 @@ def agent_start(
         auth=_auth(nkey_seed, user, creds, tls_ca),
     )
     services = [_standing_for(team, role, lease_ttl) for role in elect or ()]
+    services.append(_gossiping(team, {"device": backend, "model": Path(model).stem}))
     code = run_async(lambda: run_daemon(config, services=services))
     raise typer.Exit(code=code)
 
@@ -153,6 +156,16 @@ def _standing_for(team: str, role: str, ttl: float) -> Service:
         await LeaderElection(bus, team, candidate=name, role=role, ttl_s=ttl).run()
 
     return stand
+
+
+def _gossiping(team: str, meta: dict[str, MetaValue]) -> Service:
+    """A daemon service: this agent is a SWIM member, so `lmteams status` and peers see it."""
+
+    async def member(bus: Bus, name: str) -> None:
+        async with open_member(bus, team, name, meta):
+            await anyio.sleep_forever()
+
+    return member
 
 
 def up(

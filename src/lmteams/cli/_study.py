@@ -1,4 +1,5 @@
-"""``lmteams study``: thin verbs over :mod:`lmteams.study`: graphs, paper data, predictions."""
+"""``lmteams study``: thin verbs over :mod:`lmteams.study`: graphs, paper data, predictions,
+experiment sweeps."""
 
 from __future__ import annotations
 
@@ -17,16 +18,22 @@ from lmteams.study import (
     SHIPPED_GRAPHS,
     PaperData,
     Policy,
+    RunMetrics,
     SpeedupRow,
     TaskGraph,
+    count_runs,
+    example_config,
+    load_experiment,
     load_graph,
     paper_data_dir,
     paper_graphs,
     paper_speedups,
     predict,
+    run_experiment,
     shipped_graph,
     shipped_graphs,
     speedup_summary,
+    write_report,
 )
 
 __all__ = ("study_app",)
@@ -240,3 +247,44 @@ def predict_cmd(
             f"{row.makespan_s:.1f}",
         )
     _out.print(table)
+
+
+@study_app.command("run")
+def run_cmd(
+    config: Annotated[str, typer.Argument(help="Experiment TOML, or a shipped name (quick).")],
+    *,
+    out: Annotated[Path, typer.Option("--out", help="Directory for CSV, JSON, PNGs, report.")] = (
+        Path("study-out")
+    ),
+    paper_data: PaperDataOpt = None,
+) -> None:
+    """Sweep team sizes x graphs x architectures on a real nats-server; write the results."""
+    import anyio  # noqa: PLC0415 - keeps `lmteams --help` fast
+    from rich.progress import Progress  # noqa: PLC0415
+
+    try:
+        path = Path(config)
+        experiment = load_experiment(path if path.suffix else example_config(config))
+        total = count_runs(experiment)
+        with Progress(console=_err, transient=True) as bar:
+            task = bar.add_task(f"study {experiment.name}", total=total)
+
+            def advance(run: RunMetrics) -> None:
+                bar.update(
+                    task, advance=1, description=f"{run.graph} n={run.n_agents} {run.architecture}"
+                )
+
+            runs = anyio.run(lambda: run_experiment(experiment, on_run=advance))
+        root = paper_data if paper_data is not None else experiment.paper_data
+        written = write_report(runs, out, name=experiment.name, paper_data=_maybe_dir(root))
+    except LmteamsError as exc:
+        raise _fail(exc) from exc
+    _out.print(f"{len(runs)} runs; wrote {', '.join(str(p) for p in written)}", highlight=False)
+
+
+def _maybe_dir(root: Path | str | None) -> Path | None:
+    """The paper's data directory if it can be found; the report says when it cannot."""
+    try:
+        return paper_data_dir(root)
+    except LmteamsError:
+        return Path(root) if root is not None else Path("paper-data-not-found")

@@ -27,9 +27,19 @@ _PUNCT = str.maketrans("", "", string.punctuation)
 
 
 def _number(text: str) -> str:
-    """The number after the last '=', else the first number; canonical decimal form."""
-    tail = text.rsplit("=", 1)[-1] if "=" in text else text
-    match = _NUMBER.search(tail) or _NUMBER.search(text)
+    """The number that states the result, in canonical decimal form.
+
+    Small models restate the question before answering ("3 times 7 is 21", "35 + 13 = 48"),
+    so the answer is the first number after the last '=' or ' is ', else the last number.
+    """
+    for marker in ("=", " is "):
+        if marker in text:
+            match = _NUMBER.search(text.rsplit(marker, 1)[-1])
+            if match is not None:
+                break
+    else:
+        numbers = _NUMBER.findall(text)
+        match = _NUMBER.search(numbers[-1]) if numbers else None
     if match is None:
         return ""
     value = float(match.group().replace(",", "."))

@@ -4,9 +4,19 @@ The paper (arXiv 2603.12229) reads LLM teams as distributed systems and checks A
 on them. This package holds what that needs without any agent or bus: the graphs (the
 paper's nine and shipped look-alikes), the predictions (Amdahl, work/span, a list-scheduling
 simulator with the paper's synchronous rounds), and the paper's measured runs and per-call
-latencies. Team runs on the bus build on these.
+latencies. On top of them: team runs on the bus (centralized and decentralized, async or in
+rounds, on simulated, paper-replayed or llama.cpp agents), their metrics, experiment sweeps
+with plots and a report, and the team-size planner.
 """
 
+from lmteams.study._experiment import (
+    ExperimentConfig,
+    count_runs,
+    example_config,
+    load_experiment,
+    resolve_graph,
+    run_experiment,
+)
 from lmteams.study._graph import DEFAULT_WORK_TOKENS, Subtask, TaskGraph
 from lmteams.study._graphio import (
     SHIPPED_GRAPHS,
@@ -20,6 +30,8 @@ from lmteams.study._graphio import (
     shipped_graphs,
     write_shipped_graphs,
 )
+from lmteams.study._latency import LatencyBackend
+from lmteams.study._metrics import AgentMetrics, BusTraffic, RunMetrics, bus_traffic
 from lmteams.study._paper import (
     PAPER_DATA_ENV,
     LatencySamples,
@@ -33,6 +45,7 @@ from lmteams.study._paper import (
     read_llm_calls,
     read_runs,
 )
+from lmteams.study._plan import Plan, PlanOption, calibrate_overhead, plan, predict_makespan
 from lmteams.study._predict import (
     Prediction,
     amdahl_speedup,
@@ -40,6 +53,8 @@ from lmteams.study._predict import (
     predict,
     work_span_speedup,
 )
+from lmteams.study._report import write_report
+from lmteams.study._run import ARCHITECTURES, SCHEDULINGS, Architecture, Scheduling, run_team
 from lmteams.study._schedule import (
     DEFAULT_TOKENS_PER_S,
     AgentLoad,
@@ -58,6 +73,14 @@ from lmteams.study._speedup import (
     paper_speedups,
     run_speedups,
     speedup_summary,
+)
+from lmteams.study._team import (
+    STEADY_TOKENS_PER_S,
+    StudyTeam,
+    TeamMember,
+    device_rate,
+    open_team,
+    subtask_prompt,
 )
 
 __all__ = (
@@ -109,4 +132,35 @@ __all__ = (
     "SpeedupStats",
     "SpeedupSummary",
     "GroupStat",
+    # team runs on the bus
+    "open_team",
+    "StudyTeam",
+    "TeamMember",
+    "device_rate",
+    "subtask_prompt",
+    "STEADY_TOKENS_PER_S",
+    "LatencyBackend",
+    "run_team",
+    "Architecture",
+    "Scheduling",
+    "ARCHITECTURES",
+    "SCHEDULINGS",
+    "RunMetrics",
+    "AgentMetrics",
+    "BusTraffic",
+    "bus_traffic",
+    # experiments and reports
+    "ExperimentConfig",
+    "load_experiment",
+    "example_config",
+    "resolve_graph",
+    "count_runs",
+    "run_experiment",
+    "write_report",
+    # planning
+    "plan",
+    "Plan",
+    "PlanOption",
+    "predict_makespan",
+    "calibrate_overhead",
 )

@@ -1,0 +1,70 @@
+"""SWIM's knobs, and the two that scale with the group: suspicion time and retransmissions.
+
+Defaults follow memberlist's LAN profile (1 s period, k = 3), with suspicion at 5·log10 N
+periods rather than 4, which leaves a refutation time to outrun the timers in big groups;
+tests and benchmarks shrink the period, and every other duration is a fraction or multiple
+of it, so a fast configuration behaves like the slow one, only sooner.
+"""
+
+from __future__ import annotations
+
+import math
+
+import msgspec
+
+from lmteams.errors import ConfigError
+
+__all__ = ("SwimConfig",)
+
+
+class SwimConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """How one member runs the protocol; every member of a team should use the same values."""
+
+    period_s: float = 1.0
+    """One protocol period: each member probes one peer per period."""
+    ping_timeout_s: float | None = None
+    """Deadline of a direct ping; default 30 % of the period (the rest is for ping-reqs)."""
+    indirect_probes: int = 3
+    """k: how many members are asked to probe a target that missed its direct ping."""
+    suspicion_mult: float = 5.0
+    """A suspect is declared dead after suspicion_mult · max(1, log10 N) periods."""
+    retransmit_mult: int = 2
+    """Each update is piggybacked retransmit_mult · ceil(log2(N + 1)) times."""
+    max_piggyback: int = 8
+    """Updates per protocol message at most: bytes per message stay bounded."""
+    sync_every: int = 10
+    """Anti-entropy: a full-state push-pull with a random member every this many periods."""
+    leave_fanout: int = 3
+    """How many members a leaving member tells directly before it goes."""
+
+    def __post_init__(self) -> None:
+        if self.period_s <= 0:
+            raise ConfigError(f"period_s must be > 0, got {self.period_s}")
+        if self.ping_timeout_s is not None and not 0 < self.ping_timeout_s < self.period_s:
+            raise ConfigError(
+                f"ping_timeout_s must be in (0, period_s={self.period_s}), "
+                f"got {self.ping_timeout_s}"
+            )
+        if self.indirect_probes < 0 or self.max_piggyback < 1 or self.sync_every < 1:
+            raise ConfigError(
+                "indirect_probes must be >= 0, max_piggyback and sync_every >= 1 "
+                f"(got {self.indirect_probes}, {self.max_piggyback}, {self.sync_every})"
+            )
+        if self.suspicion_mult <= 0 or self.retransmit_mult < 1:
+            raise ConfigError("suspicion_mult must be > 0 and retransmit_mult >= 1")
+
+    @property
+    def ping_timeout(self) -> float:
+        return self.ping_timeout_s if self.ping_timeout_s is not None else 0.3 * self.period_s
+
+    @property
+    def indirect_timeout(self) -> float:
+        """What is left of the period after the direct ping, less a margin for the next tick."""
+        return max(0.9 * self.period_s - self.ping_timeout, 0.1 * self.period_s)
+
+    def suspicion_timeout(self, members: int) -> float:
+        """Seconds from suspicion to death: longer in bigger groups, where news travels longer."""
+        return self.suspicion_mult * max(1.0, math.log10(max(members, 1))) * self.period_s
+
+    def retransmit_limit(self, members: int) -> int:
+        return self.retransmit_mult * max(1, math.ceil(math.log2(max(members, 1) + 1)))

@@ -1,0 +1,119 @@
+"""A simulated backend whose call latency follows the paper's measured LLM calls.
+
+The device classes in :mod:`lmteams.hardware` model a small local model; the paper's agents
+called large hosted models, whose latency is dominated by queueing and long replies and is
+heavy-tailed. To replay the paper's conditions, a study agent can draw each call's latency
+from a lognormal fitted to ``events.parquet`` (or resample the measured latencies directly),
+scaled by the subtask's size relative to the paper's typical task, and sleep for it times a
+``time_scale`` so a whole sweep runs in seconds.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+
+import anyio
+
+from lmteams.errors import BackendError, ConfigError
+from lmteams.hardware import Completion, GenerateRequest, Timings, estimate_tokens
+from lmteams.study._graph import DEFAULT_WORK_TOKENS
+from lmteams.study._paper import LognormalFit
+
+__all__ = ("LatencyBackend",)
+
+
+class LatencyBackend:
+    """The Backend protocol with latencies from a lognormal fit or from resampled calls.
+
+    A call asking for ``max_tokens`` takes ``latency * max_tokens / reference_tokens``
+    modelled seconds, where ``latency`` is one draw; it produces exactly ``max_tokens`` tokens
+    so a run's token count is what the graph says. Stragglers and failures are injected with
+    the given probabilities, as :class:`~lmteams.hardware.SimulatedBackend` does.
+    """
+
+    def __init__(
+        self,
+        *,
+        fit: LognormalFit | None = None,
+        samples: Sequence[float] = (),
+        name: str = "paper-lognormal",
+        seed: int = 0,
+        time_scale: float = 1.0,
+        reference_tokens: int = DEFAULT_WORK_TOKENS,
+        straggler_prob: float = 0.0,
+        straggler_factor: float = 3.0,
+        failure_prob: float = 0.0,
+    ) -> None:
+        if fit is None and not samples:
+            raise ConfigError("LatencyBackend needs a lognormal fit or latency samples")
+        if time_scale < 0 or reference_tokens < 1:
+            raise ConfigError(
+                f"time_scale must be >= 0 and reference_tokens >= 1, got {time_scale}, "
+                f"{reference_tokens}"
+            )
+        self._fit = fit
+        self._samples = tuple(samples)
+        self._name = name
+        self._rng = random.Random(seed)
+        self._time_scale = time_scale
+        self._reference = reference_tokens
+        self._straggler_prob = straggler_prob
+        self._straggler_factor = straggler_factor
+        self._failure_prob = failure_prob
+        self._lock = anyio.Lock()
+        self.calls = 0
+        self.failures = 0
+
+    @property
+    def device(self) -> str:
+        return f"sim:{self._name}"
+
+    @property
+    def model(self) -> str:
+        return self._name
+
+    @property
+    def mean_call_s(self) -> float:
+        """Mean modelled seconds of a reference-sized call, stragglers included."""
+        if self._fit is not None:
+            base = self._fit.mean_s
+        else:
+            base = sum(self._samples) / len(self._samples)
+        return base * (1.0 + self._straggler_prob * (self._straggler_factor - 1.0))
+
+    @property
+    def tokens_per_s(self) -> float:
+        """The generation rate a planner should assume for this backend."""
+        return self._reference / self.mean_call_s
+
+    def _draw(self) -> float:
+        if self._fit is not None:
+            return math.exp(self._rng.gauss(self._fit.mu, self._fit.sigma))
+        return self._rng.choice(self._samples)
+
+    async def generate(self, request: GenerateRequest) -> Completion:
+        async with self._lock:
+            fails, fail_at = self._rng.random() < self._failure_prob, self._rng.random()
+            slow = self._straggler_factor if self._rng.random() < self._straggler_prob else 1.0
+            tokens_out = max(1, request.max_tokens)
+            seconds = self._draw() * slow * tokens_out / self._reference
+            self.calls += 1
+            if fails:
+                await anyio.sleep(seconds * fail_at * self._time_scale)
+                self.failures += 1
+                raise BackendError(f"injected failure on {self.device} (modelled)")
+            await anyio.sleep(seconds * self._time_scale)
+        return Completion(
+            text=f"sim answer to: {' '.join(request.prompt.split())[:48]}",
+            tokens_in=estimate_tokens(request.prompt) + estimate_tokens(request.system or ""),
+            tokens_out=tokens_out,
+            timings=Timings(generation_s=seconds),
+            finish_reason="length",
+            device=self.device,
+            model=self.model,
+        )
+
+    async def aclose(self) -> None:
+        return None

@@ -1,0 +1,218 @@
+"""SWIM membership with in-process members on a real nats-server.
+
+Members share one connection, as the benchmark's hundreds do; a crash is a cancelled member
+(its subscription goes, no goodbye). Outcomes are asserted with generous deadlines, never
+timings.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+import anyio
+import pytest
+from anyio.abc import TaskStatus
+
+from lmteams.bus import Bus
+from lmteams.gossip import (
+    ChangeKind,
+    MemberEvent,
+    MemberState,
+    SwimConfig,
+    SwimMember,
+    Update,
+    observe_members,
+    open_member,
+)
+from lmteams.testing import wait_until
+
+TEAM = "gt"
+FAST = SwimConfig(period_s=0.1, suspicion_mult=4.0)
+
+
+class Recorder:
+    """Every event every member saw, by observer."""
+
+    def __init__(self) -> None:
+        self.events: list[MemberEvent] = []
+
+    def __call__(self, event: MemberEvent) -> None:
+        self.events.append(event)
+
+    def about(self, member: str, kind: ChangeKind) -> set[str]:
+        """Observers that saw ``member`` go ``kind``."""
+        return {e.observer for e in self.events if e.member == member and e.kind is kind}
+
+
+@contextlib.asynccontextmanager
+async def members(
+    bus: Bus, n: int, config: SwimConfig = FAST, recorder: Recorder | None = None
+) -> AsyncIterator[list[SwimMember]]:
+    async with contextlib.AsyncExitStack() as stack:
+        team = [
+            await stack.enter_async_context(
+                open_member(
+                    bus,
+                    TEAM,
+                    f"m{i}",
+                    {"device": "cpu", "load": 0.0},
+                    config=config,
+                    on_event=recorder,
+                )
+            )
+            for i in range(n)
+        ]
+        yield team
+
+
+def sees_all(team: list[SwimMember], names: set[str]) -> bool:
+    return all(set(m.alive()) == names for m in team)
+
+
+def state_of(member: SwimMember, name: str) -> MemberState | None:
+    record = member.member(name)
+    return record.state if record else None
+
+
+async def test_eight_members_join_and_see_each_other(bus: Bus) -> None:
+    async with members(bus, 8) as team:
+        names = {m.id for m in team}
+        await wait_until(lambda: sees_all(team, names), timeout=10)
+        await anyio.sleep(10 * FAST.period_s)  # let a few periods run
+        stats = [m.statistics() for m in team]
+    for s in stats:
+        assert s.periods >= 5
+        assert s.alive == 8 and s.dead == 0
+        # constant traffic: one ping sent and about one answered per period, plus syncs
+        assert s.messages_sent <= 6 * s.periods + 10
+        assert s.pings_sent <= s.periods + 3
+
+
+async def test_map_update_reaches_every_member(bus: Bus) -> None:
+    async with members(bus, 8) as team:
+        await wait_until(lambda: sees_all(team, {m.id for m in team}), timeout=10)
+        team[3].update_meta({"load": 2.5, "model": "smollm2-135m"})
+
+        def everyone_knows() -> bool:
+            records = [m.member("m3") for m in team]
+            return all(
+                r is not None and r.meta == {"device": "cpu", "load": 2.5, "model": "smollm2-135m"}
+                for r in records
+            )
+
+        await wait_until(everyone_knows, timeout=10)
+        assert {m.member("m3").version for m in team} == {2}  # type: ignore[union-attr]
+
+
+async def test_crashed_member_is_declared_dead_by_every_survivor(bus: Bus) -> None:
+    recorder = Recorder()
+    crash = anyio.CancelScope()
+
+    async def victim(*, task_status: TaskStatus[SwimMember]) -> None:
+        with crash:
+            async with open_member(bus, TEAM, "victim", config=FAST) as member:
+                task_status.started(member)
+                await anyio.sleep_forever()
+
+    async with members(bus, 6, recorder=recorder) as team, anyio.create_task_group() as tg:
+        await tg.start(victim)
+        names = {m.id for m in team} | {"victim"}
+        await wait_until(lambda: sees_all(team, names), timeout=10)
+        crash.cancel()  # no leave: peers must find out by probing
+        survivors = {m.id for m in team}
+        await wait_until(lambda: recorder.about("victim", ChangeKind.DEAD) >= survivors, timeout=15)
+        assert all(state_of(m, "victim") is MemberState.DEAD for m in team)
+        assert not recorder.about("victim", ChangeKind.LEFT)
+
+
+async def test_voluntary_leave_propagates_as_left(bus: Bus) -> None:
+    recorder = Recorder()
+    async with members(bus, 6, recorder=recorder) as team:
+        async with open_member(bus, TEAM, "leaver", config=FAST):
+            names = {m.id for m in team} | {"leaver"}
+            await wait_until(lambda: sees_all(team, names), timeout=10)
+        await wait_until(
+            lambda: all(state_of(m, "leaver") is MemberState.LEFT for m in team), timeout=10
+        )
+        await anyio.sleep(10 * FAST.period_s)  # left stays left: no probe turns it into dead
+        assert all(state_of(m, "leaver") is MemberState.LEFT for m in team)
+    # a probe racing the news may suspect the leaver for a moment; it never kills it
+    assert not recorder.about("leaver", ChangeKind.DEAD)
+
+
+async def test_short_pause_is_suspected_at_most_never_dead(bus: Bus) -> None:
+    config = SwimConfig(period_s=0.1, suspicion_mult=20.0)  # suspicion timeout 2 s
+    recorder = Recorder()
+    async with members(bus, 6, config=config, recorder=recorder) as team:
+        await wait_until(lambda: sees_all(team, {m.id for m in team}), timeout=10)
+        slow = team[0]
+        slow.pause_for(0.5)
+        # long enough for every survivor's suspicion timer to have run out twice over
+        await anyio.sleep(4.5)
+        assert not recorder.about(slow.id, ChangeKind.DEAD)
+        await wait_until(
+            lambda: all(state_of(m, slow.id) is MemberState.ALIVE for m in team[1:]), timeout=10
+        )
+        if recorder.about(slow.id, ChangeKind.SUSPECT):
+            assert slow.incarnation >= 1  # it was accused and refuted
+
+
+async def test_observer_reads_the_table_without_joining(bus: Bus) -> None:
+    async with members(bus, 4) as team:
+        await wait_until(lambda: sees_all(team, {m.id for m in team}), timeout=10)
+        team[1].update_meta({"load": 1.0})
+        await wait_until(
+            lambda: all(m.member("m1").meta["load"] == 1.0 for m in team),  # type: ignore[union-attr,index]
+            timeout=10,
+        )
+        seen: tuple[Update, ...] = await observe_members(bus, TEAM, samples=2, interval=0.05)
+        assert {u.member for u in seen} == {"m0", "m1", "m2", "m3"}
+        assert {u.member: u.meta["load"] for u in seen if u.meta}["m1"] == 1.0
+        await anyio.sleep(3 * FAST.period_s)
+        assert all(len(m.members()) == 4 for m in team)  # nobody added the observer
+
+
+async def test_observer_of_an_empty_team_sees_nobody(bus: Bus) -> None:
+    assert await observe_members(bus, "nobody-here", timeout=0.5) == ()
+
+
+async def test_status_cli_prints_members_as_json(bus: Bus, nats_server: object) -> None:
+    import json
+
+    import typer
+    from typer.testing import CliRunner
+
+    from lmteams.cli._status import status
+
+    app = typer.Typer()
+    app.command()(status)
+    async with members(bus, 3) as team:
+        await wait_until(lambda: sees_all(team, {m.id for m in team}), timeout=10)
+        url = nats_server.url  # type: ignore[attr-defined]
+        result = await anyio.to_thread.run_sync(
+            lambda: CliRunner().invoke(
+                app, ["--team", TEAM, "--nats", url, "--json", "--wait", "0.3"]
+            )
+        )
+        table = await anyio.to_thread.run_sync(
+            lambda: CliRunner().invoke(app, ["--team", TEAM, "--nats", url, "--wait", "0.3"])
+        )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output.strip().splitlines()[-1])
+    assert report["team"] == TEAM
+    assert {m["member"]: m["state"] for m in report["members"]} == dict.fromkeys(
+        ("m0", "m1", "m2"), "alive"
+    )
+    assert report["members"][0]["meta"]["device"] == "cpu"
+    assert table.exit_code == 0, table.output
+    assert "m2" in table.output and "alive" in table.output
+
+
+@pytest.mark.parametrize("bad", ["a.b", "", "x y"])
+async def test_member_names_are_subject_tokens(bus: Bus, bad: str) -> None:
+    from lmteams.errors import ConfigError
+
+    with pytest.raises(ConfigError):
+        async with open_member(bus, TEAM, bad):
+            pass

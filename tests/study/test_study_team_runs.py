@@ -1,0 +1,154 @@
+"""Team runs on a real nats-server with simulated agents: speedups, conflicts, barriers, plans.
+
+Makespans are modelled seconds measured on the wall clock, so every assertion is relative
+(speedup against a run of the same team) and carries a tolerance for bus overhead.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from lmteams.bus import Bus, EmbeddedServer
+from lmteams.cli._study import study_app
+from lmteams.errors import ConfigError
+from lmteams.hardware import GenerateRequest, resolve_model
+from lmteams.study import (
+    LatencyBackend,
+    LognormalFit,
+    calibrate_overhead,
+    chain_plus_free,
+    count_runs,
+    example_config,
+    load_experiment,
+    open_team,
+    plan,
+    run_team,
+)
+
+SERIAL = chain_plus_free("serial-6", 6, 0, work_tokens=100)
+PARALLEL = chain_plus_free("parallel-8", 0, 8, work_tokens=100)
+
+
+async def test_serial_graph_gains_nothing_from_more_agents(bus: Bus) -> None:
+    async with open_team(bus, ["steady"], 4, graph=SERIAL, time_scale=0.01) as team:
+        one = await run_team(team, SERIAL, 1)
+        for n in (2, 4):
+            run = await run_team(team, SERIAL, n)
+            assert one.makespan_s / run.makespan_s == pytest.approx(1.0, abs=0.2)
+            assert run.work_span == 1.0 and run.amdahl == 1.0
+    assert one.tokens_out == SERIAL.work and one.executions == len(SERIAL.subtasks)
+
+
+async def test_parallel_graph_speeds_up_near_n(bus: Bus, nats_server: EmbeddedServer) -> None:
+    monitor = f"http://{nats_server.config.host}:{nats_server.config.monitor_port}"
+    async with open_team(bus, ["steady"], 4, graph=PARALLEL, time_scale=0.02) as team:
+        one = await run_team(team, PARALLEL, 1, monitor_url=monitor)
+        for n in (2, 4):
+            run = await run_team(team, PARALLEL, n, monitor_url=monitor)
+            assert one.makespan_s / run.makespan_s >= 0.8 * n
+    # one request and one reply per subtask, at least
+    assert run.messages >= 2 * len(PARALLEL.subtasks) and run.bytes > 0
+    assert len(run.agents) == 4 and all(a.tasks == 2 for a in run.agents)
+
+
+async def test_decentralized_agents_race_for_claims(bus: Bus) -> None:
+    async with open_team(bus, ["steady"], 4, graph=PARALLEL, time_scale=0.01) as team:
+        rounds = await run_team(
+            team, PARALLEL, 4, architecture="decentralized", scheduling="rounds"
+        )
+        free = await run_team(team, PARALLEL, 4, architecture="decentralized")
+    for run in (rounds, free):
+        assert run.duplicates == 0 and sum(a.tasks for a in run.agents) == 8
+    # in a round every agent decides from the same view, so they collide on the first tasks
+    assert rounds.conflicts > 0 and rounds.rounds >= 2
+    assert rounds.conflicts == sum(a.lost_claims for a in rounds.agents)
+
+
+async def test_the_barrier_costs_time_on_uneven_agents(bus: Bus) -> None:
+    async with open_team(bus, ["steady", "rpi5-cpu"], 2, graph=PARALLEL, time_scale=0.01) as team:
+        free = await run_team(team, PARALLEL, 2)
+        barrier = await run_team(team, PARALLEL, 2, scheduling="rounds")
+    assert barrier.rounds >= 4 and free.rounds == 0
+    assert barrier.makespan_s >= free.makespan_s
+
+
+async def test_plan_predicts_the_measured_makespan(bus: Bus) -> None:
+    graph = chain_plus_free("mixed-8", 3, 5, work_tokens=100)
+    async with open_team(bus, ["steady"], 4, graph=graph, time_scale=0.02) as team:
+        overhead = await calibrate_overhead(team)
+        chosen = plan(graph, ["steady"], max_agents=4, overhead_s=overhead)
+        best = chosen.recommended
+        run = await run_team(team, graph, best.n_agents, architecture=best.architecture)
+    assert best.n_agents == 3  # W/S = 8/3: three agents reach the span, more cannot help
+    assert run.makespan_s == pytest.approx(best.makespan_s, rel=0.15)
+
+
+async def test_run_team_rejects_bad_options(bus: Bus) -> None:
+    async with open_team(bus, ["steady"], 1, time_scale=0.01) as team:
+        with pytest.raises(ConfigError, match="architecture must be one of"):
+            await run_team(team, SERIAL, 1, architecture="anarchy")
+        with pytest.raises(ConfigError, match=r"n_agents must be in 1\.\.1"):
+            await run_team(team, SERIAL, 2)
+    with pytest.raises(ConfigError, match="unknown device 'tpu'"):
+        async with open_team(bus, ["tpu"], 1):
+            pass
+
+
+async def test_lognormal_backend_draws_latency_with_the_time_scale() -> None:
+    fit = LognormalFit(mu=math.log(10.0), sigma=0.5, n=100)
+    backend = LatencyBackend(fit=fit, seed=3, time_scale=0.0)
+    calls = [
+        await backend.generate(GenerateRequest(prompt="x", max_tokens=300)) for _ in range(200)
+    ]
+    mean = sum(c.timings.generation_s for c in calls) / len(calls)
+    assert mean == pytest.approx(fit.mean_s, rel=0.15)
+    assert backend.tokens_per_s == pytest.approx(300 / fit.mean_s)
+    assert all(c.tokens_out == 300 for c in calls)
+
+
+@pytest.mark.slow
+async def test_real_llama_team_runs_a_tiny_graph(bus: Bus) -> None:
+    resolve_model("smollm2-135m")
+    graph = chain_plus_free("tiny", 2, 1, work_tokens=8)
+    async with open_team(bus, ["llama"], 2, graph=graph) as team:
+        run = await run_team(team, graph, 2, task_timeout_s=300)
+    assert run.time_scale == 1.0 and run.tokens_out > 0
+    assert sum(a.tasks for a in run.agents) == 3 and run.makespan_s > 0
+
+
+def test_study_run_writes_csv_json_plots_and_report(tmp_path: Path, paper_dir: Path) -> None:
+    config = tmp_path / "tiny.toml"
+    config.write_text(
+        'name = "tiny"\ngraphs = ["parallel-p09"]\nteam_sizes = [2]\n'
+        'architectures = ["centralized-greedy", "decentralized"]\n'
+        'scheduling = ["async", "rounds"]\ntime_scale = 0.002\n',
+        encoding="utf-8",
+    )
+    assert count_runs(load_experiment(config)) == 8  # 2 x 2 cells x (baseline + n=2)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        study_app, ["run", str(config), "--out", str(out), "--paper-data", str(paper_dir)]
+    )
+    assert result.exit_code == 0, result.output
+    names = {p.name for p in out.iterdir()}
+    assert {"runs.csv", "runs.json", "speedup.png", "cost_idle_conflicts.png"} <= names
+    runs = json.loads((out / "runs.json").read_text())
+    assert len(runs) == 8 and all(r["speedup"] > 0 for r in runs)
+    report = (out / "report.md").read_text()
+    assert "2.19x" in report and "| runs | 956 |" in report
+
+
+def test_experiment_config_errors_name_the_field(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('graphs = ["mixed-p05"]\nteam_size = [1]\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match="team_size"):
+        load_experiment(bad)
+    bad.write_text('graphs = ["mixed-p05"]\narchitectures = ["anarchy"]\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match="anarchy"):
+        load_experiment(bad)
+    assert load_experiment(example_config("quick")).name == "quick"
