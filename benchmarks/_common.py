@@ -12,9 +12,11 @@ import logging
 import os
 import platform
 import statistics
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import anyio
 import structlog
 
 
@@ -30,6 +32,21 @@ def machine() -> dict[str, Any]:
         "machine": platform.machine(),
         "system": platform.system(),
     }
+
+
+async def rate(count: int, concurrency: int, one: Callable[[], Awaitable[object]]) -> float:
+    """Calls per second for ``count`` calls of ``one`` with ``concurrency`` in flight."""
+    per_worker = count // concurrency
+
+    async def worker() -> None:
+        for _ in range(per_worker):
+            await one()
+
+    start = time.perf_counter()
+    async with anyio.create_task_group() as tg:
+        for _ in range(concurrency):
+            tg.start_soon(worker)
+    return per_worker * concurrency / (time.perf_counter() - start)
 
 
 async def interleaved(

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import anyio
@@ -25,7 +24,7 @@ import msgspec
 import nats
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import emit, figure, interleaved, quiet_logs
+from _common import emit, figure, interleaved, quiet_logs, rate
 from lmteams.agents import Actor, handler, open_runtime
 from lmteams.bus import Subjects, encode, open_bus, run_server
 
@@ -83,20 +82,6 @@ async def serve(url: str) -> None:
     await raw.close()
 
 
-async def _rate(count: int, concurrency: int, one: object) -> float:
-    per_worker = count // concurrency
-
-    async def worker() -> None:
-        for _ in range(per_worker):
-            await one()  # type: ignore[operator]
-
-    start = time.perf_counter()
-    async with anyio.create_task_group() as tg:
-        for _ in range(concurrency):
-            tg.start_soon(worker)
-    return per_worker * concurrency / (time.perf_counter() - start)
-
-
 async def main(quick: bool) -> None:
     quiet_logs()
     seq, conc, trials = (300, 3000, 3) if quick else (1500, 15000, 7)
@@ -126,15 +111,15 @@ async def main(quick: bool) -> None:
                     msgspec.msgpack.decode(r.data, type=Reply)
 
                 for warm in (actor_one, wire_one, bare_one):
-                    await _rate(200, 10, warm)
+                    await rate(200, 10, warm)
                 figures = []
                 for mode, count, k in (("sequential", seq, 1), ("concurrent", conc, 50)):
                     bases = (("wire", wire_one, 0.85), ("bare", bare_one, None))
                     for base, base_one, target in bases:
                         ours, theirs = await interleaved(
                             trials,
-                            lambda c=count, k=k: _rate(c, k, actor_one),
-                            lambda c=count, k=k, f=base_one: _rate(c, k, f),
+                            lambda c=count, k=k: rate(c, k, actor_one),
+                            lambda c=count, k=k, f=base_one: rate(c, k, f),
                         )
                         figures.append(
                             figure(f"actor_request_reply_{mode}_vs_{base}", ours, theirs, target,

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import anyio
@@ -27,7 +26,7 @@ import msgspec
 import nats
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import emit, figure, interleaved, quiet_logs
+from _common import emit, figure, interleaved, quiet_logs, rate
 from lmteams.bus import Codec, encode, open_bus, run_server
 
 
@@ -50,22 +49,6 @@ ANSWER_BYTES = encode(ANSWER)
 # The envelope lmteams puts on the wire, sent verbatim by the "wire" baseline.
 QUERY_HEADERS = {"Lmt": "1 query 4a1f3c2b9d0e00001 cli 4a1f3c2b9d0e00001 17"}
 ANSWER_HEADERS = {"Lmt": "1 answer 4a1f3c2b9d0e00002 srv 4a1f3c2b9d0e00001 18"}
-
-
-async def _run(count: int, concurrency: int, one: object) -> float:
-    """Requests per second for ``count`` requests with ``concurrency`` in flight."""
-    call = one  # an async callable
-    per_worker = count // concurrency
-
-    async def worker() -> None:
-        for _ in range(per_worker):
-            await call()  # type: ignore[operator]
-
-    start = time.perf_counter()
-    async with anyio.create_task_group() as tg:
-        for _ in range(concurrency):
-            tg.start_soon(worker)
-    return per_worker * concurrency / (time.perf_counter() - start)
 
 
 async def main(quick: bool) -> None:
@@ -111,7 +94,7 @@ async def main(quick: bool) -> None:
                 await cli.request("bench.lmt", QUERY, expect=Answer, timeout=10)
 
             for warm in (raw_one, wire_one, lmt_one):
-                await _run(200, 10, warm)
+                await rate(200, 10, warm)
             figures = []
             for mode, count, conc in (
                 ("sequential", seq_count, 1),
@@ -123,8 +106,8 @@ async def main(quick: bool) -> None:
                 ):
                     ours, theirs = await interleaved(
                         trials,
-                        lambda c=count, k=conc: _run(c, k, lmt_one),
-                        lambda c=count, k=conc, f=base_one: _run(c, k, f),
+                        lambda c=count, k=conc: rate(c, k, lmt_one),
+                        lambda c=count, k=conc, f=base_one: rate(c, k, f),
                     )
                     figures.append(
                         figure(

@@ -152,3 +152,27 @@ def test_experiment_config_errors_name_the_field(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="anarchy"):
         load_experiment(bad)
     assert load_experiment(example_config("quick")).name == "quick"
+
+
+async def test_stragglers_slow_the_team_down(bus: Bus) -> None:
+    async with open_team(bus, ["steady"], 4, graph=PARALLEL, time_scale=0.01, seed=3) as calm:
+        base = await run_team(calm, PARALLEL, 4)
+    async with open_team(
+        bus, ["steady"], 4, team="slow", graph=PARALLEL, time_scale=0.01, seed=3,
+        straggler_rate=0.5, straggler_factor=4.0,
+    ) as slow:  # fmt: skip
+        hit = await run_team(slow, PARALLEL, 4)
+    assert hit.straggler_rate == 0.5
+    assert hit.makespan_s > 1.3 * base.makespan_s  # the team waits for its slowest calls
+
+
+async def test_crashed_calls_are_retried_and_every_subtask_completes(bus: Bus) -> None:
+    async with open_team(
+        bus, ["steady"], 4, team="crashy", graph=PARALLEL, time_scale=0.01, seed=5,
+        crash_rate=0.5,
+    ) as team:  # fmt: skip
+        run = await run_team(team, PARALLEL, 4)
+    assert run.retries > 0 and run.crash_rate == 0.5
+    assert run.tasks == len(PARALLEL.subtasks)
+    assert run.executions == run.tasks + run.retries  # every failure cost one more call
+    assert run.duplicates == 0

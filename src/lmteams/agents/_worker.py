@@ -12,6 +12,7 @@ import os
 import socket
 import time
 from collections import OrderedDict
+from typing import TypedDict
 
 import anyio
 import msgspec
@@ -68,6 +69,27 @@ log = structlog.get_logger(__name__)
 _TASKS: Codec[Task] = Codec(Task)
 _CONTROL: Codec[Stop | Cancel] = Codec(Stop, Cancel)
 _REMEMBERED_CANCELS = 1024  # cancels that arrived before their prompt; oldest forgotten first
+
+
+class _Facts(TypedDict):
+    device: str
+    model: str
+    tokens_in: int
+    tokens_out: int
+    prompt_s: float
+    generation_s: float
+
+
+def _facts(completion: Completion) -> _Facts:
+    """What a completion tells about where and how fast it was made (answers and results)."""
+    return {
+        "device": completion.device,
+        "model": completion.model,
+        "tokens_in": completion.tokens_in,
+        "tokens_out": completion.tokens_out,
+        "prompt_s": completion.timings.prompt_s,
+        "generation_s": completion.timings.generation_s,
+    }
 
 
 class WorkerConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -201,14 +223,9 @@ class WorkerAgent(Actor):
             task_id=msg.task_id,
             agent=self.context.actor_id,
             text=completion.text,
-            device=completion.device,
-            model=completion.model,
-            tokens_in=completion.tokens_in,
-            tokens_out=completion.tokens_out,
-            prompt_s=completion.timings.prompt_s,
-            generation_s=completion.timings.generation_s,
             mean_logprob=sum(lp) / len(lp) if lp else None,
             round=msg.round,
+            **_facts(completion),
         )
         if msg.sign:
             answer = await self._signed(answer)
@@ -390,17 +407,7 @@ class WorkerAgent(Actor):
         if completion is None:
             assert error is not None
             return msgspec.structs.replace(base, error_kind=error[0], error=error[1])
-        return msgspec.structs.replace(
-            base,
-            ok=True,
-            answer=completion.text,
-            device=completion.device,
-            model=completion.model,
-            tokens_in=completion.tokens_in,
-            tokens_out=completion.tokens_out,
-            prompt_s=completion.timings.prompt_s,
-            generation_s=completion.timings.generation_s,
-        )
+        return msgspec.structs.replace(base, ok=True, answer=completion.text, **_facts(completion))
 
     async def _refuse(
         self, delivery: Delivery, task_id: str, kind: str, reason: str, json: bool
