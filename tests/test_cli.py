@@ -102,3 +102,12 @@ def test_up_publish_down_on_simulated_agents(home: dict[str, str]) -> None:
         for stream in (up.stdout, up.stderr):
             if stream:
                 stream.close()
+
+
+def test_error_messages_keep_their_square_brackets(capsys: pytest.CaptureFixture[str]) -> None:
+    from lmteams.cli._common import fail
+    from lmteams.errors import ConfigError
+
+    exit_ = fail(ConfigError("needs pyarrow: pip install 'lmteams[study]'"))
+    assert exit_.exit_code == 1
+    assert "pip install 'lmteams[study]'" in capsys.readouterr().err

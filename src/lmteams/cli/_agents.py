@@ -39,7 +39,7 @@ from lmteams.bus import (
     new_id,
     open_bus,
 )
-from lmteams.cli._common import NatsOption, TeamOption, err, out, run_async, setup_logs
+from lmteams.cli._common import NatsOption, TeamOption, err, fail, out, run_async, setup_logs
 from lmteams.consensus import LeaderElection
 from lmteams.errors import LmteamsError
 from lmteams.gossip import MetaValue, open_member
@@ -127,8 +127,7 @@ def agent_start(
         try:
             model = str(resolve_model(model).path)  # fail fast, before joining the team
         except LmteamsError as exc:
-            err.print(f"[red]error:[/red] {exc}", highlight=False)
-            raise typer.Exit(code=2) from None
+            raise fail(exc, code=2) from None
     config = DaemonConfig(
         team=team,
         name=name,

@@ -9,6 +9,7 @@ from typing import Annotated, Any, TypeVar
 import anyio
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from lmteams.errors import LmteamsError
 from lmteams.logging import configure
@@ -36,7 +37,7 @@ TeamOption = Annotated[
 
 def fail(exc: LmteamsError, code: int = 1) -> typer.Exit:
     """Print an lmteams error as one readable line and exit non-zero (no traceback)."""
-    err.print(f"[red]error:[/red] {exc}", highlight=False)
+    err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)  # no [markup] eaten
     return typer.Exit(code=code)
 
 

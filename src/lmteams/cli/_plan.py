@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lmteams.bus import open_bus, run_server
+from lmteams.cli._common import fail
 from lmteams.errors import LmteamsError
 from lmteams.study import (
     ARCHITECTURES,
@@ -103,8 +104,7 @@ def plan_cmd(
             )
         )
     except LmteamsError as exc:
-        _err.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(code=1) from exc
+        raise fail(exc) from exc
     if json_out:
         typer.echo(msgspec.json.encode({"plan": chosen, "verification": check}).decode())
         return

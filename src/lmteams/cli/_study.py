@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from lmteams.cli._common import fail
 from lmteams.errors import ConfigError, LmteamsError
 from lmteams.study import (
     DEFAULT_TOKENS_PER_S,
@@ -57,9 +58,7 @@ PaperDataOpt = Annotated[
 ]
 
 
-def _fail(exc: LmteamsError) -> typer.Exit:
-    _err.print(f"[red]error:[/red] {exc}", highlight=False)
-    return typer.Exit(code=1)
+_fail = fail
 
 
 def _json(value: object) -> None:
