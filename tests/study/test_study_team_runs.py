@@ -176,3 +176,18 @@ async def test_crashed_calls_are_retried_and_every_subtask_completes(bus: Bus) -
     assert run.tasks == len(PARALLEL.subtasks)
     assert run.executions == run.tasks + run.retries  # every failure cost one more call
     assert run.duplicates == 0
+
+
+@pytest.mark.parametrize("device", ["paper", "paper-resample"])
+async def test_paper_latency_agents_run_a_team_on_the_bus(
+    bus: Bus, paper_dir: Path, device: str
+) -> None:
+    """Per-call latencies from the paper's own LLM calls (fitted, or resampled as they were)."""
+    async with open_team(
+        bus, [device], 4, team=f"t-{device}", graph=PARALLEL, time_scale=0.002,
+        paper_data=paper_dir,
+    ) as team:  # fmt: skip
+        run = await run_team(team, PARALLEL, 4)
+    assert run.tasks == len(PARALLEL.subtasks) and run.executions >= run.tasks
+    # two rounds of calls whose median is a few seconds (modelled), the paper's magnitude
+    assert 1.0 < run.makespan_s < 200.0
