@@ -161,8 +161,12 @@ def _gossiping(team: str, meta: dict[str, MetaValue]) -> Service:
     """A daemon service: this agent is a SWIM member, so `lmteams status` and peers see it."""
 
     async def member(bus: Bus, name: str) -> None:
-        async with open_member(bus, team, name, meta):
-            await anyio.sleep_forever()
+        async with open_member(bus, team, name, meta) as me:
+            try:
+                await anyio.sleep_forever()
+            finally:  # the daemon cancels services when it stops: leave, do not "crash"
+                with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                    await me.leave()
 
     return member
 
