@@ -16,22 +16,19 @@ from lmteams.cli._common import fail
 from lmteams.errors import ConfigError, LmteamsError
 from lmteams.study import (
     DEFAULT_TOKENS_PER_S,
-    SHIPPED_GRAPHS,
     PaperData,
     Policy,
     RunMetrics,
     SpeedupRow,
-    TaskGraph,
     count_runs,
     example_config,
     load_experiment,
-    load_graph,
     paper_data_dir,
     paper_graphs,
     paper_speedups,
     predict,
+    resolve_graph,
     run_experiment,
-    shipped_graph,
     shipped_graphs,
     speedup_summary,
     write_report,
@@ -181,24 +178,6 @@ def parse_team_sizes(spec: str) -> list[int]:
             raise ConfigError(f"--agents range {part.strip()!r} must be 1 <= A <= B")
         sizes += range(low, high + 1)
     return sizes
-
-
-def resolve_graph(name: str, paper_data: Path | None = None) -> TaskGraph:
-    """A graph file, a shipped graph name, or a paper key like ``mathutilities20/p05``."""
-    path = Path(name)
-    if path.suffix.lower() in {".json", ".toml"} and path.exists():
-        return load_graph(path)
-    if name in SHIPPED_GRAPHS:
-        return shipped_graph(name)
-    if re.fullmatch(r"[\w-]+/p\d\d", name):
-        graphs = paper_graphs(paper_data_dir(paper_data))
-        if name in graphs:
-            return graphs[name]
-    raise ConfigError(
-        f"unknown graph {name!r}: give a .json/.toml file, a shipped graph "
-        f"({', '.join(SHIPPED_GRAPHS)}) or a paper graph such as mathutilities20/p05 "
-        "(see `lmteams study graphs`)"
-    )
 
 
 @study_app.command("predict")

@@ -326,18 +326,7 @@ class SwimMember:
     async def _ping(self, target: str, timeout: float) -> bool:
         msg = Ping(sender=self.id, incarnation=self._incarnation, updates=self._piggyback(target))
         self._c["pings"] += 1
-        try:
-            ack = await self.bus.request(
-                self.subjects.gossip_member(target),
-                msg,
-                expect=Ack,
-                timeout=timeout,
-                sender=self.id,
-            )
-        except _PROBE_ERRORS:
-            return False
-        self._absorb(ack.sender, ack.incarnation, ack.updates)
-        return True
+        return await self._probe(target, msg, timeout)
 
     async def _ping_req(self, helper: str, target: str, timeout: float) -> bool:
         msg = PingReq(
@@ -347,13 +336,13 @@ class SwimMember:
             updates=self._piggyback(helper),
         )
         self._c["ping_reqs"] += 1
+        return await self._probe(helper, msg, timeout)
+
+    async def _probe(self, peer: str, msg: Ping | PingReq, timeout: float) -> bool:
+        """Send a probe to ``peer``; absorb the ack's news. False when no ack came in time."""
         try:
             ack = await self.bus.request(
-                self.subjects.gossip_member(helper),
-                msg,
-                expect=Ack,
-                timeout=timeout,
-                sender=self.id,
+                self.subjects.gossip_member(peer), msg, expect=Ack, timeout=timeout, sender=self.id
             )
         except _PROBE_ERRORS:
             return False

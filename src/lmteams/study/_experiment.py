@@ -107,7 +107,8 @@ def resolve_graph(name: str, paper_data: str | Path | None = None) -> TaskGraph:
             return graphs[name]
     raise GraphError(
         f"unknown graph {name!r}: give a .json/.toml file, a shipped graph "
-        f"({', '.join(SHIPPED_GRAPHS)}) or a paper graph such as mathutilities20/p05"
+        f"({', '.join(SHIPPED_GRAPHS)}) or a paper graph such as mathutilities20/p05 "
+        "(see `lmteams study graphs`)"
     )
 
 
