@@ -7,6 +7,7 @@ and the median of the trials is reported, never one absolute time.
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -14,10 +15,13 @@ import platform
 import statistics
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
+import msgspec
 import structlog
+
+S = TypeVar("S", bound=msgspec.Struct)
 
 
 def quiet_logs() -> None:
@@ -32,6 +36,18 @@ def machine() -> dict[str, Any]:
         "machine": platform.machine(),
         "system": platform.system(),
     }
+
+
+def parse_spec(cls: type[S], description: str) -> S:
+    """Command-line options from a benchmark's spec Struct: one ``--field-name`` per field."""
+    parser = argparse.ArgumentParser(description=description)
+    fields = msgspec.structs.fields(cls)
+    for field in fields:
+        parser.add_argument(
+            f"--{field.name.replace('_', '-')}", type=type(field.default), default=field.default
+        )
+    args = parser.parse_args()
+    return cls(**{f.name: getattr(args, f.name) for f in fields})
 
 
 async def rate(count: int, concurrency: int, one: Callable[[], Awaitable[object]]) -> float:

@@ -23,7 +23,6 @@ Run: .venv/bin/python benchmarks/chaos.py [--tasks 1000 --agent-kills 10 --node-
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -41,7 +40,7 @@ import anyio
 import msgspec
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import machine, quiet_logs
+from _common import machine, parse_spec, quiet_logs
 from lmteams.agents import (
     AgentInfo,
     Result,
@@ -306,13 +305,7 @@ async def chaos_run(spec: ChaosSpec, *, base_dir: Path | None = None) -> dict[st
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    for field in msgspec.structs.fields(ChaosSpec):
-        parser.add_argument(
-            f"--{field.name.replace('_', '-')}", type=type(field.default), default=field.default
-        )
-    args = parser.parse_args()
-    spec = ChaosSpec(**{f.name: getattr(args, f.name) for f in msgspec.structs.fields(ChaosSpec)})
+    spec = parse_spec(ChaosSpec, __doc__.split("\n")[0])
     quiet_logs()
     report = anyio.run(chaos_run, spec)
     print(f"spec: {msgspec.json.encode(spec).decode()}")

@@ -19,7 +19,6 @@ Run: .venv/bin/python benchmarks/soak.py [--tasks 10000 --agents 3 --warmup 1000
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -32,7 +31,7 @@ import anyio
 import msgspec
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import machine, quiet_logs
+from _common import machine, parse_spec, quiet_logs
 from chaos import ResultLedger, team_on
 from lmteams.agents import Supervisor, Task
 from lmteams.bus import Bus, EmbeddedServer, Subjects, publish_durable, run_server
@@ -140,13 +139,7 @@ async def soak(spec: SoakSpec) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    for field in msgspec.structs.fields(SoakSpec):
-        parser.add_argument(
-            f"--{field.name.replace('_', '-')}", type=type(field.default), default=field.default
-        )
-    args = parser.parse_args()
-    spec = SoakSpec(**{f.name: getattr(args, f.name) for f in msgspec.structs.fields(SoakSpec)})
+    spec = parse_spec(SoakSpec, __doc__.split("\n")[0])
     quiet_logs()
     report = anyio.run(soak, spec)
     print(
