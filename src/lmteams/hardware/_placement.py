@@ -224,10 +224,7 @@ def advertised_rates(backend: Backend, config: BackendConfig) -> tuple[float, fl
     """
     if isinstance(backend, SimulatedBackend):
         cls = backend.device_class
-        # SimulatedBackend keeps its time scale private; a public property there would be
-        # the cleaner read (left to the module's owner).
-        scale = float(getattr(backend, "_time_scale", config.time_scale))
-        slow = scale if scale > 0 else 1.0
+        slow = backend.time_scale if backend.time_scale > 0 else 1.0
         return cls.generation_tokens_per_s / slow, cls.prompt_tokens_per_s / slow
     threads = config.n_threads or physical_cores()
     hit = cached_profiles().get(profile_key(backend.device, config.model, threads))

@@ -220,6 +220,11 @@ class SimulatedBackend:
     def model(self) -> str:
         return self._model
 
+    @property
+    def time_scale(self) -> float:
+        """Wall seconds per modelled second (what a dispatcher sees on the clock)."""
+        return self._time_scale
+
     async def load(self) -> None:
         """Sleep for the modelled load time, as opening a real backend would take."""
         await anyio.sleep(self.device_class.load_s * self._time_scale)
