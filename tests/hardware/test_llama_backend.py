@@ -168,3 +168,35 @@ async def test_empty_raw_prompt_is_a_backend_error(cpu_backend: LlamaBackend) ->
     with pytest.raises(BackendError, match="empty prompt"):
         await cpu_backend.generate(GenerateRequest(prompt="", chat=False))
     assert (await cpu_backend.generate(GenerateRequest(prompt="Hi", max_tokens=2))).tokens_out
+
+
+@pytest.mark.parametrize("extra_buffers", [False, True])
+def test_extra_buffers_apply_to_the_load_only(extra_buffers: bool) -> None:
+    import llama_cpp.llama_cpp as native
+
+    from lmteams.hardware._llama import _model_params
+
+    before = native.llama_model_default_params().use_extra_bufts
+    with _model_params(extra_buffers=extra_buffers):
+        assert native.llama_model_default_params().use_extra_bufts is extra_buffers
+    assert native.llama_model_default_params().use_extra_bufts is before
+
+
+def test_extra_buffers_default_off_only_on_amx_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lmteams.hardware import _llama
+
+    monkeypatch.setattr(_llama, "cpu_simd", lambda: ("avx2", "amx_int8"))
+    assert _llama._extra_buffers(BackendConfig()) is False
+    assert _llama._extra_buffers(BackendConfig(extra_buffers=True)) is True
+    monkeypatch.setattr(_llama, "cpu_simd", lambda: ("avx2",))
+    assert _llama._extra_buffers(BackendConfig()) is True
+    assert _llama._extra_buffers(BackendConfig(extra_buffers=False)) is False
+
+
+async def test_batched_prompt_evaluation_finishes(default_model: ModelFile) -> None:
+    """A long prompt is evaluated in batches; on AMX machines that hung with the defaults."""
+    prompt = "Count the words: " + " ".join(["word"] * 200)
+    async with open_backend(BackendConfig(kind="cpu", model=default_model.name)) as backend:
+        with anyio.fail_after(60):  # a hang must fail the test, not the whole run
+            done = await backend.generate(GenerateRequest(prompt=prompt, max_tokens=4))
+    assert done.tokens_in > 200 and done.finish_reason in ("stop", "length")

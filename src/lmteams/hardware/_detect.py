@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 import platform
 import re
@@ -274,6 +275,12 @@ def _sysctl(name: str) -> str:
         if done.returncode == 0:
             return done.stdout.strip()
     return ""
+
+
+@functools.cache
+def cpu_simd() -> tuple[str, ...]:
+    """SIMD extensions this CPU reports (read once per process)."""
+    return _cpu_model_and_simd()[1]
 
 
 def _cpu_model_and_simd() -> tuple[str, tuple[str, ...]]:

@@ -9,11 +9,13 @@ chosen token is read from the logits row llama.cpp just sampled from.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import math
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Final
 
 import anyio
@@ -22,7 +24,13 @@ import numpy as np
 import structlog
 
 from lmteams.errors import BackendError, ConfigError, DeviceUnavailableError
-from lmteams.hardware._detect import DeviceInfo, backend_kind, ggml_devices, physical_cores
+from lmteams.hardware._detect import (
+    DeviceInfo,
+    backend_kind,
+    cpu_simd,
+    ggml_devices,
+    physical_cores,
+)
 from lmteams.hardware._models import ModelFile, resolve_model
 from lmteams.hardware._threads import run_in_thread
 from lmteams.hardware._types import (
@@ -368,13 +376,42 @@ def _chat_formatter(llm: Llama) -> Any:
     )
 
 
+def _extra_buffers(config: BackendConfig) -> bool:
+    if config.extra_buffers is not None:
+        return config.extra_buffers
+    return "amx_int8" not in cpu_simd()
+
+
+@contextlib.contextmanager
+def _model_params(*, extra_buffers: bool) -> Iterator[None]:
+    """Set model parameters that ``Llama()`` does not take as arguments.
+
+    ``Llama.__init__`` builds its model parameters from ``llama_model_default_params`` and
+    loads at once; the defaults are swapped for the load only (loads hold ``_LOAD_LOCK``).
+    """
+    import llama_cpp.llama_cpp as native  # noqa: PLC0415
+
+    default = native.llama_model_default_params
+
+    def params() -> Any:
+        chosen = default()
+        chosen.use_extra_bufts = extra_buffers
+        return chosen
+
+    native.llama_model_default_params = params
+    try:
+        yield
+    finally:
+        native.llama_model_default_params = default
+
+
 def _load(
     model: ModelFile, device: str, n_gpu_layers: int, threads: int, config: BackendConfig
 ) -> Llama:
     from llama_cpp import Llama  # noqa: PLC0415
 
     _install_log_capture()
-    with _LOAD_LOCK:
+    with _LOAD_LOCK, _model_params(extra_buffers=_extra_buffers(config)):
         _LOG_TAIL.clear()
         try:
             return Llama(

@@ -107,3 +107,9 @@ class BackendConfig(msgspec.Struct, frozen=True, kw_only=True):
     """Device class for ``kind == "sim"``; see ``DEVICE_CLASSES``."""
     time_scale: float = 1.0
     """Simulated backends sleep for modelled time times this (studies use e.g. 0.001)."""
+    extra_buffers: bool | None = None
+    """llama.cpp's extra weight buffers (AMX tiles, repacked layouts); ``None`` decides by CPU.
+
+    ``None`` turns them off on CPUs that report AMX: llama.cpp's AMX path hangs on batched
+    prompt evaluation on such (virtualised) machines, while one token at a time still runs.
+    """
