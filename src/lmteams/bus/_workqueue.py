@@ -16,6 +16,7 @@ from nats.aio.msg import Msg
 from nats.js import api
 
 from lmteams.bus._connection import Bus
+from lmteams.bus._jetstream import _retrying
 from lmteams.bus._subjects import Subjects
 
 __all__ = ("Delivery", "WorkQueue", "WorkQueueSettings", "open_work_queue", "last_message")
@@ -113,10 +114,20 @@ async def open_work_queue(
     return WorkQueue(sub)
 
 
-async def last_message(bus: Bus, stream: str, subject: str) -> tuple[bytes, dict[str, str]] | None:
-    """The newest message stored for ``subject`` in ``stream``, or None."""
-    try:
-        msg = await bus.js.get_last_msg(stream, subject)
-    except nats.js.errors.NotFoundError:
-        return None
-    return bytes(msg.data or b""), dict(msg.headers or {})
+async def last_message(
+    bus: Bus, stream: str, subject: str, *, timeout: float = 20.0
+) -> tuple[bytes, dict[str, str]] | None:
+    """The newest message stored for ``subject`` in ``stream``, or None.
+
+    A read is idempotent, so it retries through a stream leader election (a killed node)
+    instead of failing the caller on the first timeout.
+    """
+
+    async def attempt() -> tuple[bytes, dict[str, str]] | None:
+        try:
+            msg = await bus.js.get_last_msg(stream, subject)
+        except nats.js.errors.NotFoundError:
+            return None
+        return bytes(msg.data or b""), dict(msg.headers or {})
+
+    return await _retrying(f"reading {subject} from {stream}", attempt, timeout=timeout)
