@@ -200,3 +200,45 @@ async def test_reconnects_after_server_restart(nats_server: EmbeddedServer) -> N
         assert stats.disconnects >= 1 and stats.reconnects >= 1
         with anyio.fail_after(1):
             await bus.flush()
+
+
+async def test_each_request_keeps_its_own_deadline(bus: Bus) -> None:
+    """Short and long timeouts in flight together: only the short one expires."""
+
+    async def slow(incoming: Incoming[Add]) -> None:
+        await anyio.sleep(0.5)
+        await incoming.respond(Sum(value=incoming.body.a + incoming.body.b))
+
+    await bus.subscribe("calc.slow", slow, codec=Codec(Add))
+    outcomes: dict[str, object] = {}
+
+    async def ask(name: str, timeout: float) -> None:
+        try:
+            outcomes[name] = await bus.request(
+                "calc.slow", Add(a=1, b=2), expect=Sum, timeout=timeout
+            )
+        except RequestTimeoutError as err:
+            outcomes[name] = err
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(ask, "long", 10.0)
+        tg.start_soon(ask, "short", 0.1)
+    assert isinstance(outcomes["short"], RequestTimeoutError)
+    assert outcomes["long"] == Sum(value=3)
+
+    async def silent(inc: Incoming[Add]) -> None:
+        pass
+
+    await bus.subscribe("calc.quiet", silent, codec=Codec(Add))
+    async with anyio.create_task_group() as tg:  # a shorter deadline behind a longer one
+        tg.start_soon(ask, "later_long", 5.0)
+        await anyio.sleep(0.05)
+        with pytest.raises(RequestTimeoutError):
+            await bus.request("calc.quiet", Add(a=1, b=1), expect=Sum, timeout=0.1)
+    assert outcomes["later_long"] == Sum(value=3)
+
+
+async def test_bad_subjects_are_refused_before_the_wire(bus: Bus) -> None:
+    for subject in ("", "has space", "crlf\r\nPUB x 1"):
+        with pytest.raises(Exception, match=r"(?i)subject"):
+            await bus.publish(subject, Add(a=1, b=1))

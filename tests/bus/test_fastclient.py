@@ -58,3 +58,30 @@ async def test_ping_queues_behind_pending_commands() -> None:
     await client._send_ping()
     assert written == []  # nothing jumped the queue
     assert client._pending == [b"SUB calc.add 1\r\n", b"PING\r\n"]
+
+
+envelope_values = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)
+
+
+@given(value=envelope_values, more=st.lists(st.binary(max_size=20), max_size=2))
+def test_envelope_fast_path_matches_nats_py(value: str, more: list[bytes]) -> None:
+    """The one-line fast path and the general parse agree, with and without extra lines."""
+    raw = b"\r\n".join([b"Lmt: " + value.encode(), *more]) + b"\r\n\r\n"
+    assert parse_header_lines(raw) == Client._parse_header_lines(raw)
+
+
+@given(value=envelope_values)
+async def test_enveloped_publish_is_byte_identical(value: str) -> None:
+    """``publish_enveloped`` writes what nats-py writes for the same single header."""
+    ours = FastClient()
+    sent: list[bytes] = []
+
+    async def capture(cmd: bytes, priority: bool = False) -> None:
+        sent.append(bytes(cmd))
+
+    ours._send_command = capture  # type: ignore[method-assign]
+    ours._flush_queue = None
+    ours._status = Client.CONNECTED
+    ours._max_payload = 1 << 20
+    await ours.publish_enveloped("subj.a", b"payload", envelope=value, reply="reply.b")
+    assert b"".join(sent) == await _written(Client(), {"Lmt": value})

@@ -12,7 +12,7 @@ import functools
 import os
 import random
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from enum import StrEnum
 from typing import Any, Generic, TypeVar
 
@@ -21,7 +21,6 @@ import msgspec
 import nats
 import nats.errors
 import structlog
-from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription as NatsSubscription
 
@@ -182,7 +181,7 @@ def _reply_codec(types: tuple[type[Any], ...]) -> Codec[Any]:
 class Bus:
     """A connection to NATS speaking lmteams' envelope. Create with ``open_bus``."""
 
-    def __init__(self, nc: NatsClient, *, name: str, js_domain: str | None = None) -> None:
+    def __init__(self, nc: FastClient, *, name: str, js_domain: str | None = None) -> None:
         self.nc = nc
         self.js = nc.jetstream(domain=js_domain) if js_domain else nc.jetstream()
         self.name = name.replace(" ", "_")  # the envelope header is space-separated
@@ -208,16 +207,30 @@ class Bus:
         json: bool = False,
     ) -> dict[str, str]:
         """The envelope headers for one outgoing message (ticks the Lamport clock)."""
-        mid = msg_id or new_id()
-        headers = {
-            H_ENVELOPE: f"{_SCHEMA} {type_tag(body)} {mid} {sender or self.name} "
-            f"{trace or mid} {self.clock.tick()}"
-        }
+        headers = {H_ENVELOPE: self._envelope(body, sender, trace, msg_id)}
         if json:
             headers[H_CONTENT_TYPE] = JSON
         if msg_id:
             headers[H_MSG_ID] = msg_id
         return headers
+
+    def _envelope(
+        self, body: msgspec.Struct, sender: str | None, trace: str | None, msg_id: str | None
+    ) -> str:
+        """The ``Lmt`` header value (ticks the Lamport clock)."""
+        mid = msg_id or new_id()
+        return (
+            f"{_SCHEMA} {type_tag(body)} {mid} {sender or self.name} "
+            f"{trace or mid} {self.clock.tick()}"
+        )
+
+    def _check_size(self, subject: str, data: bytes) -> None:
+        """nats-py refuses a body over the server's ``max_payload`` with a bare error; say which."""
+        if len(data) > self.nc.max_payload:
+            raise EncodeError(
+                f"message to {subject} is {len(data)} bytes, over the server's max_payload of "
+                f"{self.nc.max_payload} bytes: send less, or raise max_payload in the server config"
+            )
 
     def _ensure_open(self) -> None:
         if self.nc.is_closed:
@@ -238,9 +251,13 @@ class Bus:
         """Publish one message; fire and forget (use ``request`` or JetStream for delivery)."""
         self._ensure_open()
         data = encode_json(body) if json else encode(body)
-        headers = self.headers_for(body, sender=sender, trace=trace, msg_id=msg_id, json=json)
-        with _payload_guard(subject, data, self.nc):
+        self._check_size(subject, data)
+        if json or msg_id:
+            headers = self.headers_for(body, sender=sender, trace=trace, msg_id=msg_id, json=json)
             await self.nc.publish(subject, data, reply=reply, headers=headers)
+        else:  # the common case: the envelope is the only header
+            envelope = self._envelope(body, sender, trace, None)
+            await self.nc.publish_enveloped(subject, data, envelope=envelope, reply=reply)
         self._published += 1
 
     async def publish_raw(
@@ -248,8 +265,8 @@ class Bus:
     ) -> None:
         """Publish bytes as they are: for dead letters and for tests of hostile input."""
         self._ensure_open()
-        with _payload_guard(subject, data, self.nc):
-            await self.nc.publish(subject, data, headers=headers)
+        self._check_size(subject, data)
+        await self.nc.publish(subject, data, headers=headers)
         self._published += 1
 
     def decode(self, msg: Msg, codec: Codec[T]) -> T:
@@ -344,12 +361,12 @@ class Bus:
         ``RequestTimeoutError``; nobody listening raises ``NoRespondersError``.
         """
         self._ensure_open()
-        headers = self.headers_for(body, sender=sender, trace=trace)
+        envelope = self._envelope(body, sender, trace, None)
         self._requests += 1
         data = encode(body)
+        self._check_size(subject, data)
         try:
-            with _payload_guard(subject, data, self.nc):
-                msg = await self.nc.request(subject, data, timeout=timeout, headers=headers)
+            msg = await self.nc.fast_request(subject, data, timeout=timeout, envelope=envelope)
         except nats.errors.NoRespondersError:
             raise NoRespondersError(f"no agent is listening on {subject}") from None
         except nats.errors.TimeoutError:
@@ -388,18 +405,6 @@ class Bus:
     def _on_reconnected(self) -> None:
         self._reconnects += 1
         self.state = BusState.CONNECTED
-
-
-@contextlib.contextmanager
-def _payload_guard(subject: str, data: bytes, nc: NatsClient) -> Iterator[None]:
-    """nats-py refuses a body over the server's ``max_payload`` with a bare error; say which."""
-    try:
-        yield
-    except nats.errors.MaxPayloadError:
-        raise EncodeError(
-            f"message to {subject} is {len(data)} bytes, over the server's max_payload of "
-            f"{nc.max_payload} bytes: send less, or raise max_payload in the server config"
-        ) from None
 
 
 class _Backoff:
