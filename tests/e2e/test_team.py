@@ -13,6 +13,8 @@ import pytest
 import lmteams
 from lmteams.agents import Progress, Result, Stage, Task, TeamClient
 from lmteams.bus import Codec, Incoming, last_message
+from lmteams.gossip import MemberState, SwimMember, open_member
+from lmteams.testing import wait_until
 
 from .conftest import TEAM, Team
 
@@ -126,6 +128,7 @@ async def test_malformed_task_gets_error_and_agents_keep_serving(team: Team) -> 
 
 
 async def test_sigterm_drain_loses_nothing(team: Team) -> None:
+    """A drained agent finishes its task, and its peers see it leave rather than crash."""
     client = TeamClient(team.bus, TEAM)
     tasks = [
         Task(id=f"drain-{i}", prompt=f"Count from 1 to {10 + i}.", max_tokens=60) for i in range(4)
@@ -135,15 +138,24 @@ async def test_sigterm_drain_loses_nothing(team: Team) -> None:
     async def run(task: Task) -> None:
         results.append(await client.run(task, timeout=240))
 
-    async with anyio.create_task_group() as tg:
-        for task in tasks:
-            tg.start_soon(run, task)
-        victim = await _claimed_by(team, "drain-0")
-        os.kill(team.agents[victim].pid, signal.SIGTERM)
+    async with open_member(team.bus, TEAM, "observer") as observer:
+        await wait_until(lambda: set(team.agents) <= set(observer.alive()), timeout=30)
+        async with anyio.create_task_group() as tg:
+            for task in tasks:
+                tg.start_soon(run, task)
+            victim = await _claimed_by(team, "drain-0")
+            os.kill(team.agents[victim].pid, signal.SIGTERM)
+        await wait_until(lambda: _state(observer, victim) is not MemberState.ALIVE, timeout=30)
+        assert _state(observer, victim) is MemberState.LEFT
     assert sorted(r.task_id for r in results) == sorted(t.id for t in tasks)
     assert all(r.ok for r in results)
     drained = [r for r in results if r.task_id == "drain-0"]
     assert drained[0].agent == victim and drained[0].deliveries == 1  # finished, not redone
+
+
+def _state(member: SwimMember, name: str) -> MemberState | None:
+    record = member.member(name)
+    return record.state if record else None
 
 
 async def test_vote_on_the_real_model(team: Team) -> None:

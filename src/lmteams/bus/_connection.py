@@ -64,6 +64,7 @@ T = TypeVar("T")
 ENV_URL = "LMTEAMS_NATS_URL"
 _ENVELOPE_FIELDS = 6
 _SCHEMA = str(SCHEMA_VERSION)
+_DRAIN_S = 5.0  # what a closing connection may spend delivering what it already received
 
 
 class BusState(StrEnum):
@@ -557,7 +558,11 @@ async def open_bus(
             yield bus
         finally:
             bus.state = BusState.CLOSED  # a deliberate close: disconnect events are expected
-            with contextlib.suppress(Exception):
-                await nc.drain()
-            if not nc.is_closed:
-                await nc.close()
+            # shielded and bounded: a cancelled caller must still close the connection, or
+            # nats-py's reader and reconnect tasks outlive the block (and the event loop)
+            with anyio.CancelScope(shield=True):
+                with anyio.move_on_after(_DRAIN_S), contextlib.suppress(Exception):
+                    await nc.drain()
+                if not nc.is_closed:
+                    with contextlib.suppress(Exception):
+                        await nc.close()
