@@ -51,10 +51,15 @@ async def main(quick: bool, threads: int, max_tokens: int) -> None:
     quiet_logs()
     from llama_cpp import Llama  # the baseline, used exactly as a user of llama-cpp-python would
 
+    from lmteams.hardware._llama import _extra_buffers, _model_params
+
     path = str(resolve_model("smollm2-135m").path)
-    bare = Llama(
-        model_path=path, n_threads=threads, n_threads_batch=threads, n_ctx=2048, verbose=False
-    )
+    # the same weight buffers the agent's backend chooses: on AMX CPUs llama.cpp's default
+    # (extra buffers on) hangs on batched prompts, which would measure nothing
+    with _model_params(extra_buffers=_extra_buffers(BackendConfig())):
+        bare = Llama(
+            model_path=path, n_threads=threads, n_threads_batch=threads, n_ctx=2048, verbose=False
+        )
     bare_prompts = iter(prompts() * 2)  # two bare variants draw from it
     agent_prompts = iter(prompts())
 

@@ -28,6 +28,8 @@ def test_detect_is_sane_here() -> None:
         assert not {"cuda", "metal", "vulkan"} & set(info.kinds)
     roundtrip = msgspec.json.decode(msgspec.json.encode(info), type=HardwareInfo)
     assert roundtrip == info
+    amx_noted = any("AMX" in note for note in info.notes)
+    assert amx_noted == ("amx_int8" in info.simd)  # the extra-buffers default is explained
 
 
 def _dev(name: str, backend: str, kind: str = "gpu") -> DeviceInfo:

@@ -129,6 +129,11 @@ def detect() -> HardwareInfo:
             enumerated = True
             backends, devices = enum
         ggml_version = _ggml_string("ggml_version")
+    if "amx_int8" in simd:
+        notes.append(
+            "the CPU has AMX: llama.cpp's extra weight buffers are off by default (its AMX path "
+            "hung on batched prompts here); BackendConfig(extra_buffers=True) turns them on"
+        )
     kinds = ["cpu", "sim"] if llama is not None else ["sim"]
     gpu_kinds = {backend_kind(d.backend) for d in devices if d.type in ("gpu", "igpu")}
     kinds.extend(kind for kind in ("cuda", "metal", "vulkan") if kind in gpu_kinds)
