@@ -90,9 +90,17 @@ class ResultLedger:
     def __init__(self) -> None:
         self.seen: dict[str, list[tuple[str, int]]] = defaultdict(list)
         self.recovered = 0  # results read from the stream because the subscriber missed them
+        self._from_stream: dict[str, str] = {}  # task id -> message id read from the stream
 
     async def on_result(self, inc: Incoming[Result]) -> None:
-        self.seen[inc.body.task_id].append((inc.envelope.id, inc.body.deliveries))
+        task_id, msg_id = inc.body.task_id, inc.envelope.id
+        if self._from_stream.get(task_id) == msg_id:
+            # the stream was read while this copy was still on its way: late, not missed,
+            # and not a second delivery either
+            del self._from_stream[task_id]
+            self.recovered -= 1
+            return
+        self.seen[task_id].append((msg_id, inc.body.deliveries))
 
     async def fill_from_stream(self, bus: Bus, subjects: Subjects, task_ids: list[str]) -> int:
         """Results the subscriber missed (it was reconnecting) are in the stream: read them."""
@@ -101,10 +109,11 @@ class ResultLedger:
             if self.seen.get(task_id):
                 continue
             stored = await last_message(bus, subjects.results_stream, subjects.results(task_id))
-            if stored is not None:
+            if stored is not None and not self.seen.get(task_id):  # not arrived meanwhile
                 result = bus.decode_raw(stored[0], stored[1], Codec(Result))
                 msg_id = Envelope.from_headers(stored[1]).id
                 self.seen[task_id].append((msg_id, result.deliveries))
+                self._from_stream[task_id] = msg_id
                 recovered += 1
         self.recovered += recovered
         return recovered
