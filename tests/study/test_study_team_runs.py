@@ -143,6 +143,25 @@ def test_study_run_writes_csv_json_plots_and_report(tmp_path: Path, paper_dir: P
     assert "2.19x" in report and "| runs | 956 |" in report
 
 
+def test_study_run_without_the_paper_data_says_how_to_point_at_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "tiny.toml"
+    config.write_text(
+        'name = "tiny"\ngraphs = ["parallel-p09"]\nteam_sizes = [2]\n'
+        'architectures = ["centralized-greedy"]\nscheduling = ["async"]\ntime_scale = 0.002\n',
+        encoding="utf-8",
+    )
+    monkeypatch.chdir(tmp_path)  # ../shared/paper-data is not beside a temporary directory
+    monkeypatch.delenv("LMTEAMS_PAPER_DATA", raising=False)
+    result = CliRunner().invoke(study_app, ["run", str(config), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output  # the runs are written all the same
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "no comparison" in report
+    assert "--paper-data DIR or set LMTEAMS_PAPER_DATA" in report
+    assert "given explicitly" not in report  # nobody gave one
+
+
 def test_experiment_config_errors_name_the_field(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text('graphs = ["mixed-p05"]\nteam_size = [1]\n', encoding="utf-8")

@@ -254,15 +254,7 @@ def run_cmd(
 
             runs = anyio.run(lambda: run_experiment(experiment, on_run=advance))
         root = paper_data if paper_data is not None else experiment.paper_data
-        written = write_report(runs, out, name=experiment.name, paper_data=_maybe_dir(root))
+        written = write_report(runs, out, name=experiment.name, paper_data=root)
     except LmteamsError as exc:
         raise _fail(exc) from exc
     _out.print(f"{len(runs)} runs; wrote {', '.join(str(p) for p in written)}", highlight=False)
-
-
-def _maybe_dir(root: Path | str | None) -> Path | None:
-    """The paper's data directory if it can be found; the report says when it cannot."""
-    try:
-        return paper_data_dir(root)
-    except LmteamsError:
-        return Path(root) if root is not None else Path("paper-data-not-found")

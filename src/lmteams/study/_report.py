@@ -122,7 +122,8 @@ def _paper_section(paper_data: str | Path | None) -> tuple[list[str], SpeedupSum
         return [f"The paper's data was not available ({exc}); no comparison."], None
     c, r = summary.cells, summary.runs
     lines = [
-        f"The paper quotes a mean speedup of {_PAPER_QUOTED}x. Recomputed from its "
+        f"Summaries of the paper quote a mean speedup of {_PAPER_QUOTED}x (no grouping of the "
+        "released runs gives that mean). Recomputed from its "
         "`runs.parquet` by its own definition (mean successful 1-agent wall-clock over mean "
         "successful n-agent wall-clock, within model, domain, p and mode), for n >= 2:",
         "",
