@@ -91,6 +91,7 @@ def test_up_publish_down_on_simulated_agents(home: dict[str, str]) -> None:
         result = json.loads(done.stdout)
         assert result["ok"] and result["device"].startswith("sim:")
         assert result["agent"] in {"agent-1", "agent-2"}
+        _status_shows_both_agents(home)
         down = lmteams("down", "--team", "cli", env=home)
         assert down.returncode == 0, down.stderr
         assert up.wait(timeout=30) == 0
@@ -102,6 +103,23 @@ def test_up_publish_down_on_simulated_agents(home: dict[str, str]) -> None:
         for stream in (up.stdout, up.stderr):
             if stream:
                 stream.close()
+
+
+def _status_shows_both_agents(home: dict[str, str]) -> None:
+    """`lmteams status` reads members, devices and load from gossip (agents refresh it)."""
+    deadline = time.monotonic() + 30
+    while True:
+        done = lmteams("status", "--team", "cli", "--json", env=home)
+        members = {m["member"]: m for m in json.loads(done.stdout or "{}").get("members", [])}
+        ready = [members.get(a, {}).get("meta", {}) for a in ("agent-1", "agent-2")]
+        if all(str(meta.get("device", "")).startswith("sim:") for meta in ready):
+            break
+        assert time.monotonic() < deadline, f"status never showed the agents: {done.stdout}"
+        time.sleep(0.5)
+    assert all(members[a]["state"] == "alive" for a in ("agent-1", "agent-2"))
+    assert all("load" in meta and "tokens_per_s" in meta for meta in ready)
+    table = lmteams("status", "--team", "cli", env=home)
+    assert table.returncode == 0 and "agent-1" in table.stdout and "sim:" in table.stdout
 
 
 def test_error_messages_keep_their_square_brackets(capsys: pytest.CaptureFixture[str]) -> None:

@@ -187,6 +187,8 @@ class Pong(msgspec.Struct, frozen=True, kw_only=True, tag="pong"):
     device: str = ""
     tokens_per_s: float = 0.0
     prompt_tokens_per_s: float = 0.0
+    in_flight: int = 0  # tasks this agent is answering now: its load
+    model: str = ""
 
 
 class Stop(msgspec.Struct, frozen=True, kw_only=True, tag="stop"):

@@ -254,6 +254,8 @@ class WorkerAgent(Actor):
             device=self.backend.device if self.backend else "",
             tokens_per_s=self.tokens_per_s,
             prompt_tokens_per_s=self.prompt_tokens_per_s,
+            in_flight=self.in_flight,
+            model=self.backend.model if self.backend else "",
         )
 
     async def _on_control(self, incoming: Incoming[Stop | Cancel]) -> None:

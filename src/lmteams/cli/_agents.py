@@ -42,7 +42,7 @@ from lmteams.bus import (
 from lmteams.cli._common import NatsOption, TeamOption, err, fail, out, run_async, setup_logs
 from lmteams.consensus import LeaderElection
 from lmteams.errors import LmteamsError
-from lmteams.gossip import MetaValue, open_member
+from lmteams.gossip import MetaValue, gossip_as_agent
 from lmteams.hardware import BACKEND_KINDS, BackendConfig, ModelFile, resolve_model
 
 __all__ = ("agent_app", "up", "down", "task_app")
@@ -161,12 +161,7 @@ def _gossiping(team: str, meta: dict[str, MetaValue]) -> Service:
     """A daemon service: this agent is a SWIM member, so `lmteams status` and peers see it."""
 
     async def member(bus: Bus, name: str) -> None:
-        async with open_member(bus, team, name, meta) as me:
-            try:
-                await anyio.sleep_forever()
-            finally:  # the daemon cancels services when it stops: leave, do not "crash"
-                with anyio.CancelScope(shield=True), anyio.move_on_after(5):
-                    await me.leave()
+        await gossip_as_agent(bus, team, name, meta=meta)
 
     return member
 

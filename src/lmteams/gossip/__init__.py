@@ -6,6 +6,7 @@ probes, and repair what dissemination missed by periodic full-state push-pull. A
 their device, load and model in their map; ``lmteams status`` reads it back.
 """
 
+from lmteams.gossip._agent import agent_meta, gossip_as_agent
 from lmteams.gossip._broadcast import BroadcastQueue
 from lmteams.gossip._config import SwimConfig
 from lmteams.gossip._member import GossipStatistics, MemberEvent, SwimMember, open_member
@@ -31,6 +32,8 @@ __all__ = (
     "MemberEvent",
     "GossipStatistics",
     "observe_members",
+    "gossip_as_agent",
+    "agent_meta",
     # state
     "MemberState",
     "ChangeKind",
