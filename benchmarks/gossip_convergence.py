@@ -11,24 +11,30 @@ the same member) so 100 trials per N fit in minutes. Bound: ceil(log2 N) + ceil(
 Detection trials: a random member is cancelled without leaving (a crash: its subscription
 goes, like a killed process's) and replaced by a fresh member; the trial lasts until every
 member that was alive at the kill has declared it dead. Meanwhile other members are paused
-(``pause_for``, a simulated SIGSTOP) for half the suspicion timeout: slow, not dead; any
-death declared about a member that was not killed is a false death.
+(``pause_for``, a simulated SIGSTOP) for a fraction of the suspicion timeout (``--pause``,
+half by default): slow, not dead; any death declared about a member that was not killed is
+a false death.
 
 Figures, one per N: value = within_bound, the fraction of dissemination trials within the
 bound; baseline = 1.0 (every trial within the bound), so ratio = within_bound; target 0.99.
 Each also carries rounds p50/p99, detection seconds and periods p50/p99, messages sent per
 member per period (constant in N is the claim: one ping and about one ack, a few ping-reqs,
-a sync every 10 periods) and the false-death count (target 0).
+a sync every 10 periods), the same during the detection trials, and the false-death count
+(target 0).
 
 Caveats: one Python process runs all members, so its event loop is the bottleneck; the
 period grows with N (see ``period_for``) to keep the loop below saturation, and rounds are
 counted by the nominal period, which overstates them when the loop lags. All members share
 one heap, so a full garbage collection pauses them all at once (50-120 ms at N = 128, more
 than a ping timeout): the benchmark freezes the heap after the joins and collects young
-objects less often, because separate agent processes have no such shared pause. Detection includes
-the suspicion timeout, 5 * log10(N) periods (at least 5), by design.
+objects less often, because separate agent processes have no such shared pause. Detection
+includes, by design, the dead timeout: the suspicion timeout, 5 * log10(N) periods (at
+least 5), which a slow member is promised, plus ceil(log2(N + 1)) periods for its
+refutation to travel; and suspicion timers stop while their owner's loop lags, so a
+saturated loop stretches detection.
 
 Run: .venv/bin/python benchmarks/gossip_convergence.py [--quick] [--sizes 8,16] [--trials N]
+[--pause 0.9]
 """
 
 from __future__ import annotations
@@ -148,13 +154,23 @@ class Swarm:
         n = len(self.members)
         return all(m.statistics().alive == n for m, _ in self.members.values())
 
-    def message_rate(self) -> tuple[int, int]:
-        sent = periods = 0
-        for m, _ in self.members.values():
+    def counters(self) -> dict[str, tuple[int, int]]:
+        """Messages sent and periods run, per current member."""
+        out = {}
+        for name, (m, _) in self.members.items():
             s = m.statistics()
-            sent += s.messages_sent
-            periods += s.periods
-        return sent, periods
+            out[name] = (s.messages_sent, s.periods)
+        return out
+
+    def message_rate(self, since: dict[str, tuple[int, int]]) -> float:
+        """Messages per member per period since ``since``, over the members alive now
+        (replacements count from their start; members killed meanwhile are left out)."""
+        sent = periods = 0
+        for name, (s, p) in self.counters().items():
+            s0, p0 = since.get(name, (0, 0))
+            sent += s - s0
+            periods += p - p0
+        return sent / max(1, periods)
 
 
 async def disseminate(swarm: Swarm, trials: int, period: float, limit: float) -> list[float]:
@@ -187,7 +203,7 @@ async def disseminate(swarm: Swarm, trials: int, period: float, limit: float) ->
 
 
 async def detect(
-    swarm: Swarm, trials: int, period: float, limit: float, concurrency: int
+    swarm: Swarm, trials: int, period: float, limit: float, *, concurrency: int, pause: float
 ) -> tuple[list[float], int]:
     """Seconds per detection trial (inf if not all survivors declared death in time)."""
     results: list[float] = []
@@ -209,9 +225,9 @@ async def detect(
             started += 1
             swarm.kill(victim)
             await swarm.spawn()
-            # a slow member: paused for half the suspicion timeout, it must not be killed
+            # a slow member: paused for less than the suspicion timeout, it must not be killed
             slow, _ = random.choice(list(swarm.members.values()))
-            slow.pause_for(suspicion / 2)
+            slow.pause_for(pause * suspicion)
             pauses += 1
             await anyio.sleep(2 * period)
         else:
@@ -219,7 +235,7 @@ async def detect(
     return results, pauses
 
 
-async def run_size(url: str, n: int, trials: int) -> dict[str, Any]:
+async def run_size(url: str, n: int, trials: int, pause: float) -> dict[str, Any]:
     period = period_for(n)
     config = SwimConfig(period_s=period)
     bound = bound_rounds(n)
@@ -239,18 +255,19 @@ async def run_size(url: str, n: int, trials: int) -> dict[str, Any]:
         # at once (separate agent processes never do), longer than a ping timeout
         gc.collect()
         gc.freeze()
-        sent0, periods0 = swarm.message_rate()
+        start = swarm.counters()
         rounds = await disseminate(swarm, trials, period, limit=4 * bound * period)
-        sent1, periods1 = swarm.message_rate()
-        detection_limit = suspicion + 6 * bound * period
+        msgs = swarm.message_rate(start)
+        detection_limit = config.dead_timeout(n) + 6 * bound * period
+        start = swarm.counters()
         detections, pauses = await detect(
-            swarm, trials, period, detection_limit, concurrency=max(1, n // 32)
+            swarm, trials, period, detection_limit, concurrency=max(1, n // 32), pause=pause
         )
+        msgs_churn = swarm.message_rate(start)  # with suspicions and refutations
         swarm.crash_all()
         stop.set()
     within = sum(1 for r in rounds if r <= bound) / len(rounds)
     finite = [d for d in detections if math.isfinite(d)]
-    msgs = (sent1 - sent0) / max(1, periods1 - periods0)
     return figure(
         f"gossip_within_bound_n{n}",
         within,
@@ -266,10 +283,13 @@ async def run_size(url: str, n: int, trials: int) -> dict[str, Any]:
         detect_periods_p50=round(pct(finite, 0.5) / period, 1),
         detected=f"{len(finite)}/{len(detections)}",
         msgs_per_member_round=round(msgs, 3),
+        msgs_per_member_round_churn=round(msgs_churn, 3),
         false_deaths=len(swarm.false_deaths),
         slow_pauses=pauses,
         period_s=period,
         suspicion_s=round(suspicion, 3),
+        dead_timeout_s=round(config.dead_timeout(n), 3),
+        pause_fraction=pause,
         join_s=round(join_s, 2),
         mean_detect_s=round(statistics.fmean(finite), 3) if finite else None,
     )
@@ -281,7 +301,7 @@ async def _bus(url: str, name: str, stop: anyio.Event, *, task_status: TaskStatu
         await stop.wait()
 
 
-async def main(sizes: list[int], trials: int) -> None:
+async def main(sizes: list[int], trials: int, pause: float) -> None:
     quiet_logs()
     random.seed(1)
     gc.set_threshold(50_000, 20, 1000)  # fewer, cheaper young collections (see run_size)
@@ -289,7 +309,7 @@ async def main(sizes: list[int], trials: int) -> None:
     async with run_server() as server:
         for n in sizes:
             started = time.monotonic()
-            fig = await run_size(server.url, n, trials)
+            fig = await run_size(server.url, n, trials, pause)
             print(f"# n={n} took {time.monotonic() - started:.0f}s: {fig}", file=sys.stderr)
             figures.append(fig)
     emit(
@@ -306,8 +326,16 @@ if __name__ == "__main__":
     parser.add_argument("--quick", action="store_true", help="N = 8, 32, 64 and 20 trials")
     parser.add_argument("--sizes", help="comma-separated N (default 8,16,32,64,128,256)")
     parser.add_argument("--trials", type=int, help="trials per N (default 100)")
+    parser.add_argument(
+        "--pause",
+        type=float,
+        default=0.5,
+        help="slow members pause for this fraction of the suspicion timeout (default 0.5)",
+    )
     args = parser.parse_args()
+    if not 0 < args.pause < 1:
+        parser.error("--pause must be in (0, 1): a slow member pauses less than the timeout")
     default_sizes = "8,32,64" if args.quick else "8,16,32,64,128,256"
     sizes = [int(s) for s in (args.sizes or default_sizes).split(",")]
     trials = args.trials or (20 if args.quick else 100)
-    anyio.run(main, sizes, trials)
+    anyio.run(main, sizes, trials, args.pause)

@@ -142,20 +142,47 @@ async def test_voluntary_leave_propagates_as_left(bus: Bus) -> None:
 
 
 async def test_short_pause_is_suspected_at_most_never_dead(bus: Bus) -> None:
-    config = SwimConfig(period_s=0.1, suspicion_mult=20.0)  # suspicion timeout 2 s
+    """Members paused for just under the suspicion timeout, two at a time so a paused
+    member is also an accuser that wakes with its backlog, are never declared dead by
+    anyone; a member that really crashes still is, by every survivor.
+
+    The old protocol failed this: its death timer was the suspicion timeout itself, so a
+    refutation had only the little of it left after the pause to reach the first accuser.
+    A short timeout (two periods) leaves no slack to hide that.
+    """
+    config = SwimConfig(period_s=0.1, suspicion_mult=2.0)
     recorder = Recorder()
-    async with members(bus, 6, config=config, recorder=recorder) as team:
-        await wait_until(lambda: sees_all(team, {m.id for m in team}), timeout=10)
-        slow = team[0]
-        slow.pause_for(0.5)
-        # long enough for every survivor's suspicion timer to have run out twice over
-        await anyio.sleep(4.5)
-        assert not recorder.about(slow.id, ChangeKind.DEAD)
-        await wait_until(
-            lambda: all(state_of(m, slow.id) is MemberState.ALIVE for m in team[1:]), timeout=10
-        )
-        if recorder.about(slow.id, ChangeKind.SUSPECT):
-            assert slow.incarnation >= 1  # it was accused and refuted
+    async with (
+        members(bus, 8, config=config, recorder=recorder) as team,
+        anyio.create_task_group() as tg,
+    ):
+        crash = anyio.CancelScope()
+
+        async def victim(*, task_status: TaskStatus[SwimMember]) -> None:
+            with crash:
+                async with open_member(bus, TEAM, "victim", config=config) as member:
+                    task_status.started(member)
+                    await anyio.sleep_forever()
+
+        await tg.start(victim)
+        names = {m.id for m in team} | {"victim"}
+        await wait_until(lambda: sees_all(team, names), timeout=10)
+        suspicion = config.suspicion_timeout(len(names))
+        wait = 2 * config.dead_timeout(len(names))  # every accuser's timer has run out by then
+        for first, second in ((0, 1), (2, 3), (4, 5), (6, 7)):
+            team[first].pause_for(0.9 * suspicion)
+            await anyio.sleep(0.4 * suspicion)  # the accusations are out: pause an accuser
+            team[second].pause_for(0.9 * suspicion)
+            await anyio.sleep(wait)
+            await wait_until(lambda: sees_all(team, names), timeout=10)
+        assert not any(recorder.about(m.id, ChangeKind.DEAD) for m in team)
+        suspected = [m for m in team if recorder.about(m.id, ChangeKind.SUSPECT)]
+        assert all(m.incarnation >= 1 for m in suspected)  # accused, they refuted
+
+        crash.cancel()  # no leave: peers must find out by probing
+        survivors = {m.id for m in team}
+        await wait_until(lambda: recorder.about("victim", ChangeKind.DEAD) >= survivors, timeout=15)
+    assert not any(recorder.about(m.id, ChangeKind.DEAD) for m in team)
 
 
 async def test_observer_reads_the_table_without_joining(bus: Bus) -> None:

@@ -8,6 +8,7 @@ A newer update about a member replaces the queued one: only the latest belief is
 from __future__ import annotations
 
 import heapq
+from collections.abc import Collection
 
 from lmteams.gossip._messages import Update
 
@@ -31,17 +32,18 @@ class BroadcastQueue:
         self._seq += 1
         self._items[update.member] = (update, 0, -self._seq)
 
-    def take(self, limit: int, max_transmits: int, *, skip: str = "") -> list[Update]:
+    def take(self, limit: int, max_transmits: int, *, skip: Collection[str] = ()) -> list[Update]:
         """Up to ``limit`` updates, least-transmitted first, newest first among equals;
         retire those sent enough times.
 
-        ``skip`` leaves out the member already placed in the message (the buddy update).
+        ``skip`` leaves out members already placed in the message (the buddy update, a
+        fresh refutation); their queued updates keep their counts.
         """
         if limit <= 0 or not self._items:
             return []
         items = self._items
         chosen = heapq.nsmallest(
-            limit, (key for key in items if key != skip), key=lambda key: items[key][1:]
+            limit, (key for key in items if key not in skip), key=lambda key: items[key][1:]
         )
         out: list[Update] = []
         for key in chosen:

@@ -1,9 +1,14 @@
-"""SWIM's knobs, and the two that scale with the group: suspicion time and retransmissions.
+"""SWIM's knobs, and the ones that scale with the group: suspicion time and retransmissions.
 
 Defaults follow memberlist's LAN profile (1 s period, k = 3), with suspicion at 5·log10 N
-periods rather than 4, which leaves a refutation time to outrun the timers in big groups;
-tests and benchmarks shrink the period, and every other duration is a fraction or multiple
-of it, so a fast configuration behaves like the slow one, only sooner.
+periods rather than 4. The suspicion timeout is a promise to slow members: one that is
+silent (stopped, starved, paused) for less than it is never declared dead. Keeping that
+promise takes more than the timeout itself, because a suspect can only refute once it runs
+again and its refutation then has to travel to every accuser: so an observer declares a
+suspect dead only after the timeout *plus* a refutation allowance of a few rounds of
+gossip (``dead_timeout``). Tests and benchmarks shrink the period, and every other duration
+is a fraction or multiple of it, so a fast configuration behaves like the slow one, only
+sooner.
 """
 
 from __future__ import annotations
@@ -27,7 +32,13 @@ class SwimConfig(msgspec.Struct, frozen=True, kw_only=True):
     indirect_probes: int = 3
     """k: how many members are asked to probe a target that missed its direct ping."""
     suspicion_mult: float = 5.0
-    """A suspect is declared dead after suspicion_mult · max(1, log10 N) periods."""
+    """A member silent for less than suspicion_mult · max(1, log10 N) periods is never
+    declared dead (see ``suspicion_timeout``)."""
+    refute_mult: float = 1.0
+    """A refutation is given refute_mult · ceil(log2(N + 1)) periods to reach the accusers,
+    on top of the suspicion timeout (see ``dead_timeout``)."""
+    refute_fanout: int = 3
+    """How many members a refuting member tells directly, besides its accuser."""
     retransmit_mult: int = 2
     """Each update is piggybacked retransmit_mult · ceil(log2(N + 1)) times."""
     max_piggyback: int = 8
@@ -52,6 +63,11 @@ class SwimConfig(msgspec.Struct, frozen=True, kw_only=True):
             )
         if self.suspicion_mult <= 0 or self.retransmit_mult < 1:
             raise ConfigError("suspicion_mult must be > 0 and retransmit_mult >= 1")
+        if self.refute_mult < 0 or self.refute_fanout < 0:
+            raise ConfigError(
+                f"refute_mult and refute_fanout must be >= 0 "
+                f"(got {self.refute_mult}, {self.refute_fanout})"
+            )
 
     @property
     def ping_timeout(self) -> float:
@@ -63,8 +79,22 @@ class SwimConfig(msgspec.Struct, frozen=True, kw_only=True):
         return max(0.9 * self.period_s - self.ping_timeout, 0.1 * self.period_s)
 
     def suspicion_timeout(self, members: int) -> float:
-        """Seconds from suspicion to death: longer in bigger groups, where news travels longer."""
+        """Seconds a member may be silent and still never be declared dead: longer in bigger
+        groups, where news travels longer."""
         return self.suspicion_mult * max(1.0, math.log10(max(members, 1))) * self.period_s
+
+    def refute_allowance(self, members: int) -> float:
+        """Seconds a refutation gets to travel: a few rounds of gossip, log2 N of them."""
+        return self.refute_mult * math.ceil(math.log2(max(members, 1) + 1)) * self.period_s
+
+    def dead_timeout(self, members: int) -> float:
+        """Seconds from an observer's suspicion to its declaring death.
+
+        The observer suspects no earlier than the member fell silent; a member silent for
+        less than ``suspicion_timeout`` refutes before that timeout has run out, and the
+        allowance is for the refutation to arrive.
+        """
+        return self.suspicion_timeout(members) + self.refute_allowance(members)
 
     def retransmit_limit(self, members: int) -> int:
         return self.retransmit_mult * max(1, math.ceil(math.log2(max(members, 1) + 1)))

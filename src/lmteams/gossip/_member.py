@@ -2,15 +2,30 @@
 
 Per period a member probes one peer from a shuffled round-robin list: a direct ping, then
 ping-reqs through k others, then suspicion. A suspect that does not refute (by gossiping a
-higher incarnation) within the suspicion timeout is declared dead. Every probe, ack and
-relay carries piggybacked updates, and every few periods a full-state push-pull with a
-random peer repairs what dissemination dropped. A member costs one subscription, so
-hundreds can share one connection (the benchmark runs 256 in one process).
+higher incarnation) in time is declared dead. Every probe, ack and relay carries
+piggybacked updates, and every few periods a full-state push-pull with a random peer
+repairs what dissemination dropped. A member costs one subscription, so hundreds can share
+one connection (the benchmark runs 256 in one process).
+
+A slow member must not be killed, which takes care at both ends of a suspicion:
+
+- the accuser suspects only the incarnation its probe tested, and not at all if the target
+  was heard from while the probe ran (a refutation racing a stale probe is not a new
+  accusation);
+- suspicion timers (``_suspicion.py``) run from the suspicion for the suspicion timeout
+  plus a refutation allowance, for the whole group (not the part of it a newcomer has
+  merged so far), restart for an accusation at a newer incarnation, and stop while their
+  owner is itself stopped or starved;
+- the refuter, once it runs again, sends its refutation straight to its accuser and a few
+  others, and piggybacks it on every message for a while: its first messages after a pause
+  answer requests that have timed out, so a count-limited retransmission would be spent
+  on replies that nobody reads.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import random
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator, Mapping
 from typing import Any, TypeVarTuple
@@ -36,6 +51,7 @@ from lmteams.gossip._messages import (
     SyncState,
     Update,
 )
+from lmteams.gossip._suspicion import Suspicions
 from lmteams.gossip._table import Change, ChangeKind, MembershipTable
 
 __all__ = ("SwimMember", "MemberEvent", "GossipStatistics", "open_member")
@@ -110,7 +126,9 @@ class SwimMember:
         self._table = MembershipTable()
         self._table.set(self._own_record())
         self._queue = BroadcastQueue()
-        self._suspects: dict[str, float] = {}
+        self._suspicions = Suspicions()
+        self._heard: dict[str, float] = {}  # member -> when a message from it last arrived
+        self._refuting_until = -math.inf  # own record rides on every message until then
         self._probe_order: list[str] = []
         self._callbacks: list[Callable[[MemberEvent], None]] = [on_event] if on_event else []
         self._watchers: list[MemoryObjectSendStream[MemberEvent]] = []
@@ -119,6 +137,7 @@ class SwimMember:
         self._leaving = False
         self._resumed = anyio.Event()
         self._resumed.set()
+        self._paused_until = -math.inf
         self._log = log.bind(member=member_id, team=team)
         self._c: dict[str, int] = dict.fromkeys(
             (
@@ -189,14 +208,22 @@ class SwimMember:
 
         Probing stops and received messages wait, unanswered, in the subscription's queue,
         as they would in a stopped process's socket; all of them are handled on resume.
+        A pause during a pause extends it (to whichever ends later).
         """
         if self._tg is None:
             raise RuntimeError("pause_for needs a running member (inside open_member)")
-        self._resumed = resumed = anyio.Event()
+        until = anyio.current_time() + seconds
+        if self._resumed.is_set():
+            self._resumed = anyio.Event()
+            self._paused_until = until
+        else:
+            self._paused_until = max(self._paused_until, until)
+        resumed = self._resumed
 
         async def _resume() -> None:
             await anyio.sleep(seconds)
-            resumed.set()
+            if anyio.current_time() >= self._paused_until:  # else a later pause resumes
+                resumed.set()
 
         self._tg.start_soon(_resume)
 
@@ -278,11 +305,16 @@ class SwimMember:
     async def _protocol_loop(self) -> None:
         period = self.config.period_s
         await anyio.sleep(random.uniform(0, period))  # spread the members' ticks
+        due = anyio.current_time()
         while not self._leaving:
-            start = anyio.current_time()
             await self._resumed.wait()
+            start = anyio.current_time()
+            # a tick that comes late means this member was stopped or starved: it heard no
+            # refutations meanwhile, so that time does not count against its suspects
+            self._suspicions.defer(start - due)
+            due = start + period
             self._c["periods"] += 1
-            self._expire_suspicions(anyio.current_time())
+            self._expire_suspicions(start)
             if self._alone():
                 self._spawn(self._sync, self.subjects.gossip_seed, period)
             elif random.random() * self.config.sync_every < 1.0:
@@ -292,7 +324,7 @@ class SwimMember:
                 if peer:
                     self._spawn(self._sync, self.subjects.gossip_member(peer[0]), period)
             await self._probe_round()
-            await anyio.sleep(max(0.0, start + period - anyio.current_time()))
+            await anyio.sleep(max(0.0, due - anyio.current_time()))
 
     def _spawn(self, fn: Callable[[*Ts], Coroutine[Any, Any, None]], *args: *Ts) -> None:
         if self._tg is not None:
@@ -303,6 +335,9 @@ class SwimMember:
         target = self._next_target()
         if target is None:
             return
+        entry = self._table.get(target)
+        incarnation = entry.incarnation if entry is not None else 0
+        started = anyio.current_time()
         if await self._ping(target, self.config.ping_timeout):
             return
         helpers = self._random_peers(self.config.indirect_probes, exclude=target)
@@ -321,7 +356,7 @@ class SwimMember:
                         tg.start_soon(_ask, helper)
         if not acked and not self._leaving:
             self._c["probe_failures"] += 1
-            self._suspect(target)
+            self._suspect(target, incarnation, since=started)
 
     async def _ping(self, target: str, timeout: float) -> bool:
         msg = Ping(sender=self.id, incarnation=self._incarnation, updates=self._piggyback(target))
@@ -350,12 +385,10 @@ class SwimMember:
         return True
 
     async def _tell(self, peer: str, record: Update, timeout: float) -> None:
+        """Send ``record`` to ``peer`` directly, ahead of the gossip; absorb the ack's news."""
         msg = Ping(sender=self.id, incarnation=self._incarnation, updates=(record,))
         self._c["pings"] += 1
-        with contextlib.suppress(*_PROBE_ERRORS):
-            await self.bus.request(
-                self.subjects.gossip_member(peer), msg, expect=Ack, timeout=timeout, sender=self.id
-            )
+        await self._probe(peer, msg, timeout)
 
     async def _sync(self, subject: str, timeout: float) -> None:
         msg = Sync(sender=self.id, incarnation=self._incarnation, members=self._table.snapshots())
@@ -386,7 +419,9 @@ class SwimMember:
 
     def _random_peers(self, count: int, *, exclude: str = "") -> list[str]:
         peers = [
-            m for m in self._table.live() if m not in (self.id, exclude) and m not in self._suspects
+            m
+            for m in self._table.live()
+            if m not in (self.id, exclude) and m not in self._suspicions
         ]
         return random.sample(peers, min(count, len(peers)))
 
@@ -462,13 +497,15 @@ class SwimMember:
         # a message from a member proves it alive at the incarnation it carries; only a
         # higher incarnation changes anything, so a suspect must still refute to clear itself
         if sender and sender != self.id:
+            self._heard[sender] = anyio.current_time()
             self._apply(Update(member=sender, state=MemberState.ALIVE, incarnation=incarnation))
         for update in updates:
-            self._apply(update, spread=spread)
+            self._apply(update, spread=spread, via=sender)
 
-    def _apply(self, update: Update, *, spread: bool = True) -> None:
+    def _apply(self, update: Update, *, spread: bool = True, via: str = "") -> None:
+        """Merge one update; ``via`` is the member whose message carried it, if any."""
         if update.member == self.id:
-            self._about_me(update)
+            self._about_me(update, via)
             return
         change = self._table.merge(update)
         if change is None:
@@ -477,18 +514,18 @@ class SwimMember:
             self._queue.push(self._table.snapshot(update.member))
         self._react(change)
 
-    def _about_me(self, update: Update) -> None:
+    def _about_me(self, update: Update, via: str = "") -> None:
         """Refute any belief about this member that its own record does not dominate."""
         if self._leaving:
             return
-        bump = False
+        bump = refute = False
         if update.state is not MemberState.ALIVE and update.incarnation >= self._incarnation:
             self._incarnation = update.incarnation + 1
             self._c["refutations"] += 1
             self._log.info(
                 "gossip.refute", accused=update.state.value, incarnation=self._incarnation
             )
-            bump = True
+            bump = refute = True
         elif update.incarnation > self._incarnation:  # a former life of ours was further on
             self._incarnation = update.incarnation
             bump = True
@@ -501,6 +538,25 @@ class SwimMember:
             bump = True
         if bump:
             self._publish_own()
+        if refute:
+            self._refute(via)
+
+    def _refute(self, accuser: str) -> None:
+        """Get a fresh refutation out fast: straight to the accuser and a few others, and on
+        every message sent until the accusers' timers would have run out.
+
+        The queue's count-limited retransmission is not enough after a pause: the first
+        messages a resumed member sends answer the backlog's requests, long timed out, and
+        would use up the count on replies nobody reads.
+        """
+        size = self._group_size()
+        self._refuting_until = anyio.current_time() + self.config.dead_timeout(size)
+        record = self._table.snapshot(self.id)
+        peers = self._random_peers(self.config.refute_fanout, exclude=accuser)
+        if accuser and accuser in self._table and accuser != self.id:
+            peers.append(accuser)
+        for peer in peers:
+            self._spawn(self._tell, peer, record, self.config.period_s)
 
     def _own_record(self) -> Update:
         return Update(
@@ -520,10 +576,11 @@ class SwimMember:
         member = change.member
         now = anyio.current_time()
         if change.state is MemberState.SUSPECT:
-            if member not in self._suspects:
-                self._suspects[member] = now + self.config.suspicion_timeout(self._group_size())
+            self._suspicions.start(member, change.incarnation, now)
         else:
-            self._suspects.pop(member, None)
+            self._suspicions.clear(member)
+            if change.state in _GONE:
+                self._heard.pop(member, None)
         if change.kind is ChangeKind.JOINED:
             # SWIM inserts newcomers at a random place in the probe order
             self._probe_order.insert(random.randint(0, len(self._probe_order)), member)
@@ -549,24 +606,30 @@ class SwimMember:
             except anyio.WouldBlock:
                 self._c["dropped"] += 1
 
-    def _suspect(self, target: str) -> None:
+    def _suspect(self, target: str, incarnation: int, *, since: float) -> None:
+        """Suspect ``target`` at the ``incarnation`` a probe started ``since`` tested.
+
+        Not if the target was heard from since then, or has a newer incarnation by now (it
+        refuted while the probe ran): its silence is then older than its proof of life, and
+        an accusation at the new incarnation would make it refute all over again.
+        """
         entry = self._table.get(target)
         if entry is None or entry.state is not MemberState.ALIVE:
             return
+        if entry.incarnation != incarnation or self._heard.get(target, -math.inf) >= since:
+            return
         self._c["suspicions"] += 1
-        self._apply(Update(member=target, state=MemberState.SUSPECT, incarnation=entry.incarnation))
+        self._apply(Update(member=target, state=MemberState.SUSPECT, incarnation=incarnation))
 
     def _expire_suspicions(self, now: float) -> None:
-        for member, deadline in list(self._suspects.items()):
-            if deadline > now:
-                continue
+        timeout = self.config.dead_timeout(self._group_size())
+        for member, incarnation in self._suspicions.expired(now, timeout):
             entry = self._table.get(member)
             if entry is None or entry.state is not MemberState.SUSPECT:
-                self._suspects.pop(member, None)
                 continue
-            self._apply(
-                Update(member=member, state=MemberState.DEAD, incarnation=entry.incarnation)
-            )
+            if entry.incarnation != incarnation:
+                continue
+            self._apply(Update(member=member, state=MemberState.DEAD, incarnation=incarnation))
 
     def _group_size(self) -> int:
         return max(
@@ -577,16 +640,19 @@ class SwimMember:
         )
 
     def _piggyback(self, to: str) -> tuple[Update, ...]:
-        """Updates for a message to ``to``: its own bad news first (Lifeguard's buddy system)."""
+        """Updates for a message to ``to``: its own bad news first (Lifeguard's buddy system),
+        then this member's refutation while it is fresh, then the queue."""
         limit = self.config.max_piggyback
         first: list[Update] = []
         entry = self._table.get(to)
         if entry is not None and entry.state is not MemberState.ALIVE:
             first.append(self._table.snapshot(to))
+        if anyio.current_time() < self._refuting_until:
+            first.append(self._table.snapshot(self.id))
         out = first + self._queue.take(
             limit - len(first),
             self.config.retransmit_limit(self._group_size()),
-            skip=to if first else "",
+            skip=[u.member for u in first],
         )
         self._c["updates"] += len(out)
         return tuple(out)
