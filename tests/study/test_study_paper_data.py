@@ -13,7 +13,6 @@ the issue quotes is not any overall mean of this data (run-level mean 1.29x, pre
 from __future__ import annotations
 
 import math
-import os
 import statistics
 from collections import defaultdict
 from collections.abc import Sequence
@@ -21,11 +20,13 @@ from pathlib import Path
 
 import pytest
 
+from lmteams import study
 from lmteams.errors import ConfigError
 from lmteams.study import (
     PAPER_DATA_ENV,
     PaperData,
     fit_lognormal,
+    packaged_paper_data,
     paper_data_dir,
     paper_speedups,
     run_speedups,
@@ -33,29 +34,36 @@ from lmteams.study import (
 )
 
 
-def test_paper_data_dir_prefers_argument_then_env_then_default(
+def test_paper_data_dir_prefers_argument_then_env_then_packaged_copy(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    explicit, env, default = (
-        tmp_path / "explicit",
-        tmp_path / "env",
-        tmp_path / "shared" / "paper-data",
-    )
-    for d in (explicit, env, default):
+    explicit, env = tmp_path / "explicit", tmp_path / "env"
+    for d in (explicit, env):
         d.mkdir(parents=True)
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    monkeypatch.chdir(repo)
+    monkeypatch.chdir(tmp_path)  # the current directory plays no part any more
     monkeypatch.setenv(PAPER_DATA_ENV, str(env))
     assert paper_data_dir(explicit) == explicit.resolve()
     assert paper_data_dir() == env.resolve()
     monkeypatch.delenv(PAPER_DATA_ENV)
-    assert paper_data_dir() == default.resolve()
-    default.rmdir()
-    with pytest.raises(ConfigError, match=r"--paper-data DIR or set LMTEAMS_PAPER_DATA"):
+    assert paper_data_dir() == packaged_paper_data().resolve()
+    # A wrong override is an error, never a silent fall back to the packaged copy.
+    monkeypatch.setenv(PAPER_DATA_ENV, str(tmp_path / "gone"))
+    with pytest.raises(ConfigError, match=r"gone .*from \$LMTEAMS_PAPER_DATA"):
         paper_data_dir()
     with pytest.raises(ConfigError, match=r"nowhere .*given explicitly"):
         paper_data_dir(tmp_path / "nowhere")
+
+
+def test_packaged_copy_is_inside_the_package_with_its_licence() -> None:
+    root = packaged_paper_data()
+    assert root.parent == Path(study.__file__).parent
+    assert {p.name for p in root.iterdir()} >= {
+        "runs.parquet", "events.parquet", "tasks", "LICENSE", "README.md",
+    }  # fmt: skip
+    assert len(list(root.glob("tasks/amdahl_*/p0[259].json"))) == 9
+    licence = (root / "LICENSE").read_text(encoding="utf-8")
+    assert "MIT License" in licence and "Copyright (c) 2026 Elizabeth Mieczkowski" in licence
+    assert "arXiv 2603.12229" in (root / "README.md").read_text(encoding="utf-8")
 
 
 def test_missing_parquet_is_named(tmp_path: Path) -> None:
@@ -196,8 +204,3 @@ def test_fit_lognormal_is_the_mle() -> None:
     assert fit.mean_s == pytest.approx(math.exp(2.5))
     with pytest.raises(ConfigError, match="at least 2"):
         fit_lognormal([1.0])
-
-
-def test_default_location_is_what_ci_uses() -> None:
-    if not os.environ.get(PAPER_DATA_ENV):
-        assert paper_data_dir() == (Path.cwd() / ".." / "shared" / "paper-data").resolve()

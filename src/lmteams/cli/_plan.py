@@ -108,11 +108,20 @@ def plan_cmd(
     if json_out:
         typer.echo(msgspec.json.encode({"plan": chosen, "verification": check}).decode())
         return
+    one = chosen.baseline_device
     table = Table(
         title=f"{chosen.graph}: options (modelled seconds, overhead {chosen.overhead_s:.3f}s)",
         title_justify="left",
+        caption=f"speedup: over one {one} agent (the fastest device), "
+        f"{chosen.baseline_s:.1f}s; capacity: the team's agents' speeds summed, in {one} "
+        "agents; efficiency: speedup / capacity",
+        caption_justify="left",
     )
-    for column in ("n", "architecture", "makespan s", "speedup", "efficiency", "agent-s"):
+    columns = (
+        "n", "architecture", "makespan s", f"speedup vs 1x {one}", "capacity", "efficiency",
+        "agent-s",
+    )  # fmt: skip
+    for column in columns:
         table.add_column(column, justify="left" if column == "architecture" else "right")
     for o in chosen.options:
         mark = " *" if o == chosen.recommended else ""
@@ -121,6 +130,7 @@ def plan_cmd(
             o.architecture,
             f"{o.makespan_s:.1f}",
             f"{o.speedup:.2f}",
+            f"{o.capacity:.2f}",
             f"{o.efficiency:.0%}",
             f"{o.agent_seconds:.0f}",
         )
@@ -128,7 +138,8 @@ def plan_cmd(
     best = chosen.recommended
     _out.print(
         f"recommended: {best.n_agents} agents, {best.architecture} ({best.scheduling}): "
-        f"{best.makespan_s:.1f}s, {best.speedup:.2f}x (within {chosen.tolerance:.0%} of the best)",
+        f"{best.makespan_s:.1f}s, {best.speedup:.2f}x over one {one} agent "
+        f"(within {chosen.tolerance:.0%} of the best)",
         highlight=False,
     )
     if check is not None:

@@ -50,7 +50,8 @@ PaperDataOpt = Annotated[
     Path | None,
     typer.Option(
         "--paper-data",
-        help="The paper's data directory (default: $LMTEAMS_PAPER_DATA or ../shared/paper-data).",
+        help="The paper's data directory (default: $LMTEAMS_PAPER_DATA, else the copy packaged "
+        "with lmteams).",
     ),
 ]
 

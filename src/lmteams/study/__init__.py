@@ -41,6 +41,7 @@ from lmteams.study._paper import (
     PaperRun,
     fit_lognormal,
     llm_call_latencies,
+    packaged_paper_data,
     paper_data_dir,
     read_llm_calls,
     read_runs,
@@ -113,6 +114,7 @@ __all__ = (
     "DEFAULT_TOKENS_PER_S",
     # the paper's data
     "paper_data_dir",
+    "packaged_paper_data",
     "PAPER_DATA_ENV",
     "PaperData",
     "PaperRun",

@@ -132,7 +132,7 @@ async def run_decentralized(rec: Recorder, *, barrier: bool) -> None:
     bus = rec.team.bus
     subjects = Subjects(rec.team.team)
     bucket = subjects.kv_bucket(f"claims-{rec.run_id}")
-    board = _Board(rec, await open_kv(bus, bucket), f"{subjects.root}.study.{rec.run_id}")
+    board = _Board(rec, await open_kv(bus, bucket), subjects.study(rec.run_id))
     subscriptions = [
         await bus.subscribe(board.subject, board.listener(v), codec=_NOTES) for v in board.views
     ]

@@ -2,8 +2,9 @@
 
 People write graphs in TOML; code and the shipped set use JSON. Both decode strictly through
 msgspec, so a typo'd field or a wrong type is an error that names the field rather than a
-silently ignored key. The paper's own task-list format is read separately because it carries
-fields (status, owner, files) that belong to their harness, not to a graph.
+silently ignored key. The paper's own task-list format (``project`` and ``tasks``) is told
+apart by its keys, wherever the file lies, and decoded leniently because it carries fields
+(status, owner, files) that belong to their harness, not to a graph.
 """
 
 from __future__ import annotations
@@ -48,7 +49,10 @@ def load_graph(path: str | Path) -> TaskGraph:
         if suffix == ".toml":
             return msgspec.convert(tomllib.loads(raw.decode()), TaskGraph)
         if suffix == ".json":
-            return msgspec.json.decode(raw, type=TaskGraph)
+            doc = msgspec.json.decode(raw)
+            if _is_paper_list(doc):
+                return _paper_graph(file, msgspec.convert(doc, _PaperTaskList))
+            return msgspec.convert(doc, TaskGraph)
     except (tomllib.TOMLDecodeError, UnicodeDecodeError, msgspec.DecodeError) as exc:
         raise GraphError(f"invalid task graph {file}: {exc}") from exc
     except GraphError as exc:
@@ -116,24 +120,19 @@ class _PaperTaskList(msgspec.Struct, frozen=True, kw_only=True):
     tasks: tuple[_PaperTask, ...]
 
 
+def _is_paper_list(doc: object) -> bool:
+    """The paper's lists have ``tasks`` where a graph has ``subtasks``."""
+    return isinstance(doc, dict) and "tasks" in doc and "subtasks" not in doc
+
+
 def _paper_key(path: Path) -> str:
-    domain = path.parent.name.removeprefix(_PAPER_DOMAIN_PREFIX)
-    return f"{domain}/{path.stem}"
+    """``<domain>/pXX`` inside the paper's ``tasks/amdahl_<domain>`` folders, else the stem."""
+    if path.parent.name.startswith(_PAPER_DOMAIN_PREFIX):
+        return f"{path.parent.name.removeprefix(_PAPER_DOMAIN_PREFIX)}/{path.stem}"
+    return path.stem
 
 
-def load_paper_tasks(path: str | Path) -> TaskGraph:
-    """One of the paper's ``tasks/<domain>/pXX.json`` lists as a graph named ``<domain>/pXX``.
-
-    The task description becomes the subtask's prompt; work is the default estimate, since the
-    paper's lists do not size their tasks.
-    """
-    file = Path(path)
-    try:
-        listing = msgspec.json.decode(file.read_bytes(), type=_PaperTaskList)
-    except OSError as exc:
-        raise GraphError(f"cannot read paper task list {file}: {exc.strerror or exc}") from exc
-    except msgspec.DecodeError as exc:
-        raise GraphError(f"invalid paper task list {file}: {exc}") from exc
+def _paper_graph(file: Path, listing: _PaperTaskList) -> TaskGraph:
     subtasks = tuple(
         Subtask(
             id=t.id,
@@ -145,7 +144,26 @@ def load_paper_tasks(path: str | Path) -> TaskGraph:
         for t in listing.tasks
     )
     description = f"{listing.project}: {listing.description}".strip()
-    return TaskGraph(name=_paper_key(file), description=description, subtasks=subtasks)
+    try:
+        return TaskGraph(name=_paper_key(file), description=description, subtasks=subtasks)
+    except GraphError as exc:
+        raise GraphError(f"{file}: {exc}") from exc
+
+
+def load_paper_tasks(path: str | Path) -> TaskGraph:
+    """One of the paper's task lists as a graph (named ``<domain>/pXX`` in the paper's tree).
+
+    The task description becomes the subtask's prompt; work is the default estimate, since the
+    paper's lists do not size their tasks.
+    """
+    file = Path(path)
+    try:
+        listing = msgspec.json.decode(file.read_bytes(), type=_PaperTaskList)
+    except OSError as exc:
+        raise GraphError(f"cannot read paper task list {file}: {exc.strerror or exc}") from exc
+    except msgspec.DecodeError as exc:
+        raise GraphError(f"invalid paper task list {file}: {exc}") from exc
+    return _paper_graph(file, listing)
 
 
 def paper_graphs(paper_data_dir: str | Path) -> dict[str, TaskGraph]:

@@ -1,6 +1,8 @@
 """The paper's published data (arXiv 2603.12229): runs, per-call LLM latencies, task lists.
 
-The data is read from a directory passed in, never copied into lmteams, and only when asked
+A copy ships inside the package (``lmteams/study/paperdata``, MIT, its notice beside it), so
+every install can reproduce the paper's numbers; ``--paper-data`` or ``$LMTEAMS_PAPER_DATA``
+point at another copy. Each file is read only when asked
 for: ``events.parquet`` is large and only latency studies need it. pyarrow is an optional
 dependency (``lmteams[study]``), imported on first use so the rest of the package works
 without it.
@@ -25,6 +27,7 @@ import os
 import statistics
 from collections import Counter
 from collections.abc import Iterable
+from importlib import resources
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Final
@@ -45,6 +48,7 @@ __all__ = (
     "PaperRun",
     "fit_lognormal",
     "llm_call_latencies",
+    "packaged_paper_data",
     "paper_data_dir",
     "read_llm_calls",
     "read_runs",
@@ -53,7 +57,7 @@ __all__ = (
 log = structlog.get_logger(__name__)
 
 PAPER_DATA_ENV: Final = "LMTEAMS_PAPER_DATA"
-_DEFAULT_RELATIVE: Final = Path("..") / "shared" / "paper-data"
+_PACKAGED: Final = "paperdata"
 _MODES: Final = {"preassign_nolead": "preassigned"}
 _RUN_COLUMNS: Final = {
     "run_dir": "run_dir",
@@ -136,20 +140,24 @@ class LatencySamples(msgspec.Struct, frozen=True, kw_only=True):
     fit: LognormalFit
 
 
-def paper_data_dir(path: str | Path | None = None) -> Path:
-    """Where the paper's data is: ``path``, else ``$LMTEAMS_PAPER_DATA``, else the default.
+def packaged_paper_data() -> Path:
+    """The copy of the paper's data that ships inside lmteams (``lmteams/study/paperdata``)."""
+    return Path(str(resources.files("lmteams.study") / _PACKAGED))
 
-    The default, ``../shared/paper-data``, is relative to the current directory, which is the
-    repository root when tests, CI and developers run; a missing directory is a
-    :class:`ConfigError` saying how to point at it.
+
+def paper_data_dir(path: str | Path | None = None) -> Path:
+    """Where the paper's data is: ``path``, else ``$LMTEAMS_PAPER_DATA``, else the packaged copy.
+
+    The two overrides exist for a newer or trimmed copy of the data; a directory that does
+    not exist is a :class:`ConfigError` naming where the path came from, never a silent fall
+    back to the packaged copy, so a typo'd override cannot pass for a working one.
     """
     if path is not None:
         candidate, origin = Path(path), "given explicitly (--paper-data)"
     elif os.environ.get(PAPER_DATA_ENV):
         candidate, origin = Path(os.environ[PAPER_DATA_ENV]), f"from ${PAPER_DATA_ENV}"
     else:
-        candidate = Path.cwd() / _DEFAULT_RELATIVE
-        origin = f"the default {_DEFAULT_RELATIVE} relative to {Path.cwd()}"
+        candidate, origin = packaged_paper_data(), "the copy packaged with lmteams"
     if not candidate.is_dir():
         raise ConfigError(
             f"paper data directory {candidate} ({origin}) does not exist: pass --paper-data DIR "

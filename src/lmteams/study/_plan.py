@@ -6,6 +6,11 @@ model leaves out (a bus round trip, a claim): the overhead is calibrated by timi
 chain on one real agent, which is all a planner can afford before committing a team.
 The recommendation is the smallest team whose makespan is within ``tolerance`` of the best
 option's: beyond that, agents cost more than the time they save.
+
+On mixed devices a speedup is only honest against the best one could do alone, so speedups
+are over one agent on the fastest device, and efficiency is speedup over the team's capacity
+(its agents' speeds summed, in units of that fastest agent): a team of a GPU and a slow CPU
+has capacity just above 1, and its speedup can never be near 2.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import msgspec
 from lmteams.errors import ConfigError
 from lmteams.study._graph import TaskGraph
 from lmteams.study._graphio import chain_plus_free
-from lmteams.study._predict import amdahl_speedup, work_span_speedup
+from lmteams.study._predict import amdahl_speedup, makespan_lower_bound
 from lmteams.study._run import ARCHITECTURES, SCHEDULINGS, run_team
 from lmteams.study._schedule import simulate_schedule
 from lmteams.study._team import StudyTeam, device_rate
@@ -37,18 +42,26 @@ class PlanOption(msgspec.Struct, frozen=True, kw_only=True):
     devices: tuple[str, ...]
     makespan_s: float
     speedup: float
+    """Over one agent on the fastest device (``Plan.baseline_device``)."""
+    capacity: float
+    """The agents' speeds summed, in units of that fastest agent: the speedup's ceiling."""
     efficiency: float
+    """``speedup / capacity``."""
     agent_seconds: float
     """Cost: agents held for the whole makespan."""
     tokens: int
     amdahl: float
+    """Amdahl's law for n equal agents at the graph's task-count p, as the paper uses it."""
     work_span: float
+    """The speedup no schedule on these agents beats (work over capacity, span, overhead)."""
 
 
 class Plan(msgspec.Struct, frozen=True, kw_only=True):
     graph: str
     devices: tuple[str, ...]
     overhead_s: float
+    baseline_device: str
+    """The fastest device: speedups are over one agent on it."""
     baseline_s: float
     tolerance: float
     options: tuple[PlanOption, ...]
@@ -97,15 +110,19 @@ def plan(
 ) -> Plan:
     """Every option up to ``max_agents`` with its prediction, and the one to pick.
 
-    Agent i runs on ``devices[i % len(devices)]``; speedups are over one agent on
-    ``devices[0]`` with the first architecture, the question a team-builder asks.
+    Agent i runs on ``devices[i % len(devices)]``; speedups are over one agent on the
+    fastest of ``devices`` with the first architecture (the best a team-builder gets
+    without a team), efficiencies over the team's capacity (see the module docstring).
     """
     if max_agents < 1 or not devices:
         raise ConfigError("plan needs max_agents >= 1 and at least one device")
+    if not architectures or not schedulings:
+        raise ConfigError("plan needs at least one architecture and one scheduling")
     rates = [device_rate(d, graph, straggler_rate=straggler_rate) for d in devices]
     all_rates = [rates[i % len(rates)] for i in range(max_agents)]
+    fastest = max(range(len(rates)), key=lambda i: (rates[i], -i))
     baseline = predict_makespan(
-        graph, all_rates[:1], architecture=architectures[0], overhead_s=overhead_s
+        graph, [rates[fastest]], architecture=architectures[0], overhead_s=overhead_s
     )
     options = []
     for arch in architectures:
@@ -118,6 +135,8 @@ def plan(
                     scheduling=sched,
                     overhead_s=overhead_s,
                 )
+                capacity = sum(all_rates[:n]) / rates[fastest]
+                bound = makespan_lower_bound(graph, all_rates[:n], overhead_s=overhead_s)
                 options.append(
                     PlanOption(
                         n_agents=n,
@@ -126,11 +145,12 @@ def plan(
                         devices=_team_devices(devices, n),
                         makespan_s=span,
                         speedup=baseline / span,
-                        efficiency=baseline / span / n,
+                        capacity=capacity,
+                        efficiency=baseline / span / capacity,
                         agent_seconds=n * span,
                         tokens=graph.work,
                         amdahl=amdahl_speedup(graph.parallel_fraction, n),
-                        work_span=work_span_speedup(graph, n),
+                        work_span=baseline / bound,
                     )
                 )
     best = min(o.makespan_s for o in options)
@@ -140,6 +160,7 @@ def plan(
         graph=graph.name,
         devices=tuple(devices),
         overhead_s=overhead_s,
+        baseline_device=devices[fastest],
         baseline_s=baseline,
         tolerance=tolerance,
         options=tuple(options),
