@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Unpack
 
 import anyio
 
 from lmteams.agents._messages import Progress, Result, Task
 from lmteams.agents._state import read_state
-from lmteams.agents._tasks import task_problem
+from lmteams.agents._tasks import TaskOptions, check_task, new_task
 from lmteams.bus import (
     ENV_URL,
     Bus,
@@ -27,11 +27,10 @@ from lmteams.bus import (
     Subjects,
     ensure_team_streams,
     last_message,
-    new_id,
     open_bus,
     publish_durable,
 )
-from lmteams.errors import ConfigError, NotConnectedError, RequestTimeoutError
+from lmteams.errors import NotConnectedError, RequestTimeoutError
 
 __all__ = ("TeamClient", "connect", "resolve_url")
 
@@ -65,32 +64,17 @@ class TeamClient:
         self,
         prompt: str,
         *,
-        system: str | None = None,
-        max_tokens: int = 128,
-        temperature: float = 0.0,
-        seed: int | None = None,
-        agents: int = 1,
-        strategy: str = "single",
-        normalizer: str = "auto",
-        rounds: int = 3,
         timeout: float = 300.0,
         task_id: str | None = None,
+        **options: Unpack[TaskOptions],
     ) -> Result:
-        """Publish a task and wait for its result (``RequestTimeoutError`` after ``timeout``)."""
-        task = Task(
-            id=task_id or f"t{new_id()}",
-            prompt=prompt,
-            system=system,
-            max_tokens=max_tokens,
-            temperature=temperature,
-            seed=seed,
-            agents=agents,
-            strategy=strategy,
-            normalizer=normalizer,
-            rounds=rounds,
-            submitted_at=time.time(),
-        )
-        return await self.run(task, timeout=timeout)
+        """Publish a task and wait for its result (``RequestTimeoutError`` after ``timeout``).
+
+        ``options`` are the task's fields (``system``, ``max_tokens``, ``temperature``, ``seed``,
+        ``agents``, ``strategy``, ``normalizer``, ``rounds``); a bad one raises ``ConfigError``
+        before anything is published.
+        """
+        return await self.run(new_task(prompt, task_id=task_id, **options), timeout=timeout)
 
     async def run(self, task: Task, *, timeout: float = 300.0) -> Result:
         """Publish a prepared task and wait for its one result."""
@@ -103,9 +87,7 @@ class TeamClient:
 
         Invalid tasks are refused here (``ConfigError``) rather than dead-lettered later.
         """
-        problem = task_problem(task)
-        if problem:
-            raise ConfigError(f"task {task.id!r} is invalid: {problem}")
+        check_task(task)
         await publish_durable(
             self.bus, self.subjects.tasks, task, msg_id=task.id, sender=self.bus.name
         )
@@ -198,5 +180,5 @@ async def connect(
         creds=creds,
     ) as bus:
         client = TeamClient(bus, team)
-        await ensure_team_streams(bus, client.subjects, streams)
+        await ensure_team_streams(bus, client.subjects, streams, update=False)
         yield client

@@ -32,9 +32,17 @@ class LocalCluster:
         base_dir: str | Path | None = None,
         sync_interval: str | None = None,
         host: str = "127.0.0.1",
+        port: int = 0,
     ) -> None:
+        """``port`` is node 0's client port and node i listens on ``port + i`` (0: free ports),
+        so a cluster's URLs can be known before it starts."""
         if size < 1:
             raise ConfigError(f"a cluster needs at least 1 node, got {size}")
+        if port and not 0 < port <= 65535 - (size - 1):
+            raise ConfigError(
+                f"client ports {port}..{port + size - 1} of a {size}-node cluster "
+                "are not all between 1 and 65535"
+            )
         self._base = Path(base_dir or tempfile.mkdtemp(prefix="lmteams-cluster-"))
         route_ports = [free_port(host) for _ in range(size)]
         routes = tuple(f"nats-route://{host}:{p}" for p in route_ports)
@@ -42,6 +50,7 @@ class LocalCluster:
             EmbeddedServer(
                 ServerConfig(
                     host=host,
+                    port=port + i if port else 0,
                     name=f"{name}-n{i}",
                     store_dir=str(self._base / f"n{i}"),
                     sync_interval=sync_interval,

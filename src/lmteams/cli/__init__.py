@@ -7,7 +7,7 @@ import typer
 from lmteams import __version__
 from lmteams.cli._agents import agent_app, down, task_app, up
 from lmteams.cli._bus import bus_app
-from lmteams.cli._common import setup_logs
+from lmteams.cli._common import OneLineErrors, setup_logs
 from lmteams.cli._demo import demo
 from lmteams.cli._hardware import hardware_app, model_app
 from lmteams.cli._plan import plan_cmd
@@ -18,6 +18,7 @@ __all__ = ("app", "main")
 
 app = typer.Typer(
     name="lmteams",
+    cls=OneLineErrors,
     help=(
         "Run and study teams of language models as distributed systems over NATS.\n\n"
         "Quick start: `lmteams demo` starts a bus and three agents and asks them questions."

@@ -18,9 +18,9 @@ from lmteams.agents import (
     DaemonConfig,
     Service,
     SupervisorConfig,
-    Task,
     TeamClient,
     WorkerConfig,
+    new_task,
     open_supervisor,
     pid_alive,
     read_state,
@@ -36,12 +36,24 @@ from lmteams.bus import (
     StreamSettings,
     WorkQueueSettings,
     ensure_team_streams,
-    new_id,
     open_bus,
+    validate_token,
 )
-from lmteams.cli._common import NatsOption, TeamOption, err, fail, out, run_async, setup_logs
+from lmteams.cli._common import (
+    NatsOption,
+    TeamOption,
+    check_backend,
+    err,
+    fail,
+    out,
+    positive,
+    run_async,
+    runs_on,
+    setup_logs,
+    team_subjects,
+)
 from lmteams.consensus import LeaderElection
-from lmteams.errors import LmteamsError
+from lmteams.errors import ConfigError, LmteamsError
 from lmteams.gossip import MetaValue, gossip_as_agent
 from lmteams.hardware import BACKEND_KINDS, BackendConfig, ModelFile, resolve_model
 
@@ -61,8 +73,12 @@ SimDeviceOption = Annotated[
     str, typer.Option(help="Device class for --backend sim (see `lmteams hardware`).")
 ]
 ReplicasOption = Annotated[
-    int, typer.Option(help="JetStream replicas of the team's streams (3 on a 3-node cluster).")
+    int,
+    typer.Option(
+        min=1, max=5, help="JetStream replicas of the team's streams (3 on a 3-node cluster)."
+    ),
 ]
+ThreadsOption = Annotated[int | None, typer.Option(min=1, help="CPU threads for llama.cpp.")]
 NkeySeedOption = Annotated[
     str | None,
     typer.Option(
@@ -101,20 +117,23 @@ def agent_start(
     model: ModelOption = "smollm2-135m",
     backend: BackendOption = "auto",
     sim_device: SimDeviceOption = "cpu-x86",
-    threads: Annotated[int | None, typer.Option(help="CPU threads for llama.cpp.")] = None,
+    threads: ThreadsOption = None,
     nats: NatsOption = None,
     ack_wait: Annotated[
-        float, typer.Option(help="Seconds without news before a task is redelivered.")
+        float,
+        typer.Option(callback=positive, help="Seconds without news before a task is redelivered."),
     ] = 30.0,
     drain_timeout: Annotated[
-        float, typer.Option(help="On SIGTERM, seconds to finish the task in hand.")
+        float, typer.Option(min=0, help="On SIGTERM, seconds to finish the task in hand.")
     ] = 60.0,
     json_logs: Annotated[bool, typer.Option("--json-logs", help="JSON log lines.")] = False,
     elect: Annotated[
         list[str] | None,
         typer.Option(help="Stand for this role's leader election (repeatable), e.g. coordinator."),
     ] = None,
-    lease_ttl: Annotated[float, typer.Option(help="Leader lease TTL, seconds.")] = 5.0,
+    lease_ttl: Annotated[
+        float, typer.Option(callback=positive, help="Leader lease TTL, seconds.")
+    ] = 5.0,
     replicas: ReplicasOption = 1,
     nkey_seed: NkeySeedOption = None,
     user: UserOption = None,
@@ -123,6 +142,11 @@ def agent_start(
 ) -> None:
     """Join a team and serve its tasks until SIGTERM (which drains)."""
     setup_logs(json=json_logs, default_level="info")
+    team_subjects(team)
+    _token(name, "agent name", "--name")
+    for role in elect or ():
+        _token(role, "role", "--elect")
+    check_backend(backend, sim_device)
     if backend != "sim":
         try:
             model = str(resolve_model(model).path)  # fail fast, before joining the team
@@ -148,6 +172,14 @@ def agent_start(
     raise typer.Exit(code=code)
 
 
+def _token(value: str, what: str, option: str) -> None:
+    """A usage error naming ``option`` when ``value`` cannot be one NATS subject token."""
+    try:
+        validate_token(value, what)
+    except ConfigError as exc:
+        raise typer.BadParameter(str(exc), param_hint=f"'{option}'") from None
+
+
 def _standing_for(team: str, role: str, ttl: float) -> Service:
     """A daemon service: this agent stands in ``role``'s election for as long as it runs."""
 
@@ -168,19 +200,23 @@ def _gossiping(team: str, meta: dict[str, MetaValue]) -> Service:
 
 def up(
     *,
-    agents: Annotated[int, typer.Option(help="How many agent processes.")] = 3,
+    agents: Annotated[int, typer.Option(min=1, help="How many agent processes.")] = 3,
     team: TeamOption = "default",
     model: ModelOption = "smollm2-135m",
     backend: BackendOption = "auto",
     sim_device: SimDeviceOption = "cpu-x86",
     threads: Annotated[
-        int | None, typer.Option(help="Threads per agent (default: cores / agents).")
+        int | None, typer.Option(min=1, help="Threads per agent (default: cores / agents).")
     ] = None,
-    port: Annotated[int, typer.Option(help="Port of the embedded bus (0 = any free).")] = 4222,
+    port: Annotated[
+        int, typer.Option(min=0, max=65535, help="Port of the embedded bus (0 = any free).")
+    ] = 4222,
     nats: Annotated[
         str | None, typer.Option("--nats", help="Use this NATS instead of the embedded bus.")
     ] = None,
-    ack_wait: Annotated[float, typer.Option(help="Redelivery timeout, seconds.")] = 30.0,
+    ack_wait: Annotated[
+        float, typer.Option(callback=positive, help="Redelivery timeout, seconds.")
+    ] = 30.0,
     replicas: ReplicasOption = 1,
     creds_dir: Annotated[
         str | None,
@@ -193,9 +229,8 @@ def up(
 ) -> None:
     """Start the embedded bus and N agents; restart crashed agents; Ctrl-C stops all."""
     setup_logs(default_level="info")
-    if agents < 1:
-        err.print("[red]error:[/red] --agents must be at least 1")
-        raise typer.Exit(code=2)
+    team_subjects(team)
+    check_backend(backend, sim_device)
     config = SupervisorConfig(
         team=team,
         agents=agents,
@@ -216,8 +251,10 @@ def up(
         async with open_supervisor(config) as supervisor:
             await supervisor.start_agents(resolved)
             out.print(
-                f"[green]team {team!r} up[/green]: {agents} agents on {model} "
-                f"({supervisor.threads_per_agent()} threads each), bus {supervisor.url}"
+                f"[green]team {team!r} up[/green]: {agents} agents on "
+                f"{runs_on(backend, model, sim_device)} "
+                f"({supervisor.threads_per_agent()} threads each), bus {supervisor.url}",
+                highlight=False,
             )
             out.print(f"agent logs: {supervisor.log_dir}   stop: Ctrl-C or `lmteams down`")
             with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -235,12 +272,15 @@ def _pull(model: str) -> ModelFile:
 def down(
     *,
     team: TeamOption = "default",
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for a clean stop.")] = 60.0,
+    timeout: Annotated[
+        float, typer.Option(callback=positive, help="Seconds to wait for a clean stop.")
+    ] = 60.0,
 ) -> None:
     """Stop a running `lmteams up` for the team (agents drain first)."""
+    team_subjects(team)
     state = read_state(team)
     if state is None:
-        err.print(f"no `lmteams up` is running for team {team!r}")
+        err.print(f"[red]error:[/red] no `lmteams up` is running for team {team!r}")
         raise typer.Exit(code=1)
     os.kill(state.pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
@@ -271,11 +311,16 @@ def task_publish(
     system: Annotated[str | None, typer.Option(help="System prompt.")] = None,
     max_tokens: Annotated[int, typer.Option(help="Most tokens to generate.")] = 128,
     temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = 0.0,
+    seed: Annotated[
+        int | None, typer.Option(help="Sampling seed (default: the agent's own).")
+    ] = None,
     task_id: Annotated[
         str | None, typer.Option("--id", help="Task id (default: a fresh one).")
     ] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Wait for the result.")] = False,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait with --wait.")] = 300.0,
+    timeout: Annotated[
+        float, typer.Option(callback=positive, help="Seconds to wait with --wait.")
+    ] = 300.0,
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
     replicas: ReplicasOption = 1,
     nkey_seed: NkeySeedOption = None,
@@ -283,26 +328,36 @@ def task_publish(
     creds: CredsOption = None,
     tls_ca: TlsCaOption = None,
 ) -> None:
-    """Publish a task to the team's queue; with --wait, print its result."""
-    setup_logs()
-    task = Task(
-        id=task_id or f"t{new_id()}",
-        prompt=prompt,
-        system=system,
-        max_tokens=max_tokens,
-        temperature=temperature,
-        agents=agents,
-        strategy=strategy,
-        submitted_at=time.time(),
-    )
+    """Publish a task to the team's queue; with --wait, print its result.
 
+    The task is checked before anything connects: a bad option exits 2 naming the field.
+    """
+    setup_logs()
+    subjects = team_subjects(team)
+    try:
+        task = new_task(
+            prompt,
+            task_id=task_id,
+            system=system,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            seed=seed,
+            agents=agents,
+            strategy=strategy,
+            normalizer=normalizer,
+            rounds=rounds,
+        )
+    except ConfigError as exc:
+        raise fail(exc, code=2) from None
     auth = _auth(nkey_seed, user, creds, tls_ca)
 
     async def main() -> None:
         url = resolve_url(nats, team)
         async with open_bus(url, name="client", **auth.options()) as bus:
             client = TeamClient(bus, team)
-            await ensure_team_streams(bus, client.subjects, StreamSettings(replicas=replicas))
+            # a client only finds the operator's streams (it may not create or change them)
+            settings = StreamSettings(replicas=replicas)
+            await ensure_team_streams(bus, subjects, settings, update=False)
             if not wait:
                 await client.publish(task)
                 typer.echo(
@@ -316,7 +371,7 @@ def task_publish(
             out.print(result.answer, highlight=False)
             err.print(
                 f"[dim]{result.agent} on {result.device}: {result.tokens_out} tokens in "
-                f"{result.total_s:.2f}s[/dim]"
+                f"{result.total_s:.2f}s, {result.rounds} round(s)[/dim]"
             )
         else:
             err.print(f"[red]task failed ({result.error_kind}):[/red] {result.error}")

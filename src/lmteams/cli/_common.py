@@ -3,23 +3,51 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Awaitable, Callable
+import sys
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Annotated, Any, TypeVar
 
 import anyio
 import typer
 from rich.console import Console
 from rich.markup import escape
+from typer._click.exceptions import ClickException  # typer vendors click; not re-exported
+from typer.core import TyperGroup
 
-from lmteams.errors import LmteamsError
+from lmteams.bus import Subjects
+from lmteams.errors import ConfigError, LmteamsError
+from lmteams.hardware import BACKEND_KINDS, DEVICE_CLASSES
 from lmteams.logging import configure
 
-__all__ = ("out", "err", "JsonFlag", "NatsOption", "TeamOption", "fail", "run_async", "setup_logs")
+__all__ = (
+    "out",
+    "err",
+    "JsonFlag",
+    "NatsOption",
+    "TeamOption",
+    "OneLineErrors",
+    "check_backend",
+    "choice",
+    "fail",
+    "positive",
+    "run_async",
+    "runs_on",
+    "setup_logs",
+    "team_subjects",
+)
 
 T = TypeVar("T")
 
-out = Console()
-err = Console(stderr=True)
+
+def _console(*, stderr: bool) -> Console:
+    """A console that wraps only for people: piped output keeps each line whole, so a URL or a
+    command printed for copying is never split in two (rich wraps at 80 columns otherwise)."""
+    stream = sys.stderr if stderr else sys.stdout
+    return Console(stderr=stderr, soft_wrap=not stream.isatty())
+
+
+out = _console(stderr=False)
+err = _console(stderr=True)
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 NatsOption = Annotated[
@@ -35,10 +63,79 @@ TeamOption = Annotated[
 ]
 
 
+class OneLineErrors(TyperGroup):
+    """The root command: a usage error (bad option value, unknown verb, missing option) is one
+    ``error:`` line naming the option, exit code 2, instead of a usage block and a framed panel
+    that a script cannot grep and a narrow terminal breaks over several lines."""
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        windows_expand_args: bool = True,
+        **extra: Any,
+    ) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, False, windows_expand_args, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, False, windows_expand_args, **extra)
+        except typer.Abort:
+            err.print("aborted", highlight=False)
+            sys.exit(1)
+        except ClickException as exc:
+            ctx = getattr(exc, "ctx", None)  # usage errors know their command
+            hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+            err.print(f"[red]error:[/red] {escape(exc.format_message())}{hint}", highlight=False)
+            sys.exit(exc.exit_code)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 def fail(exc: LmteamsError, code: int = 1) -> typer.Exit:
     """Print an lmteams error as one readable line and exit non-zero (no traceback)."""
     err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)  # no [markup] eaten
     return typer.Exit(code=code)
+
+
+def choice(value: str, choices: Iterable[str], option: str) -> str:
+    """``value`` if it is one of ``choices``, else a usage error naming ``option``."""
+    known = tuple(choices)
+    if value not in known:
+        raise typer.BadParameter(
+            f"unknown {value!r}: use one of {', '.join(known)}", param_hint=f"'{option}'"
+        )
+    return value
+
+
+def positive(value: float | None) -> float | None:
+    """An option callback: seconds and rates must be more than 0."""
+    if value is not None and value <= 0:
+        raise typer.BadParameter(f"must be more than 0, got {value:g}")
+    return value
+
+
+def check_backend(backend: str, sim_device: str) -> None:
+    """Usage errors for a backend or simulated device that does not exist, before any process
+    is started (a bad one would otherwise crash-loop every agent)."""
+    choice(backend, BACKEND_KINDS, "--backend")
+    if backend == "sim":
+        choice(sim_device, DEVICE_CLASSES, "--sim-device")
+
+
+def runs_on(backend: str, model: str, sim_device: str) -> str:
+    """What a banner says the agents run: the model, or the simulated device that stands in."""
+    if backend == "sim":
+        return f"simulated {sim_device} devices (--backend sim: no model is loaded)"
+    return f"{model} ({backend})"
+
+
+def team_subjects(team: str) -> Subjects:
+    """The team's subject tree, or a usage error naming --team (checked before any connect)."""
+    try:
+        return Subjects(team)
+    except ConfigError as exc:
+        raise typer.BadParameter(str(exc), param_hint="'--team'") from None
 
 
 def setup_logs(*, json: bool = False, default_level: str = "warning") -> None:

@@ -20,8 +20,8 @@ from lmteams.agents import (
     open_supervisor,
 )
 from lmteams.bus import Codec, Incoming
-from lmteams.cli._common import err, out, run_async, setup_logs
-from lmteams.hardware import resolve_model
+from lmteams.cli._common import check_backend, err, out, positive, run_async, runs_on, setup_logs
+from lmteams.hardware import BACKEND_KINDS, resolve_model
 
 __all__ = ("demo", "QUESTIONS")
 
@@ -68,23 +68,32 @@ class _Board:
 
 def demo(
     *,
-    agents: Annotated[int, typer.Option(help="How many agent processes.")] = 3,
-    questions: Annotated[int, typer.Option(help="How many questions to ask (1-6).")] = 3,
+    agents: Annotated[int, typer.Option(min=1, max=64, help="How many agent processes.")] = 3,
+    questions: Annotated[
+        int, typer.Option(min=1, max=len(QUESTIONS), help="How many questions to ask.")
+    ] = 3,
     model: Annotated[str, typer.Option(help="Catalogue name or .gguf path.")] = "smollm2-135m",
-    backend: Annotated[str, typer.Option(help="auto|cpu|cuda|metal|vulkan|sim")] = "auto",
-    max_tokens: Annotated[int, typer.Option(help="Most tokens per answer.")] = 48,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for everything.")] = 600.0,
+    backend: Annotated[
+        str, typer.Option(help=f"Where the model runs: {'|'.join(BACKEND_KINDS)}.")
+    ] = "auto",
+    max_tokens: Annotated[int, typer.Option(min=1, help="Most tokens per answer.")] = 48,
+    timeout: Annotated[
+        float, typer.Option(callback=positive, help="Seconds to wait for everything.")
+    ] = 600.0,
 ) -> None:
     """Start a bus and a team of agents on a real model, ask questions, show who did what."""
     setup_logs()
-    asked = list(QUESTIONS[: max(1, min(questions, len(QUESTIONS)))])
+    check_backend(backend, "cpu-x86")
+    asked = list(QUESTIONS[:questions])
     board = _Board(asked)
 
     async def main() -> None:
         out.rule("lmteams demo")
         out.print(
-            f"An embedded NATS bus with JetStream, {agents} agent processes running {model} "
-            f"on llama.cpp ({backend}), and {len(asked)} questions through the team's task queue."
+            f"An embedded NATS bus with JetStream, {agents} agent processes on "
+            f"{runs_on(backend, model, 'cpu-x86')}, and {len(asked)} questions through the "
+            "team's task queue.",
+            highlight=False,
         )
         path = (
             model

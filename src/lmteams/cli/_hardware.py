@@ -9,9 +9,10 @@ import msgspec
 import typer
 from rich.table import Table
 
-from lmteams.cli._common import JsonFlag, err, fail, out
+from lmteams.cli._common import JsonFlag, check_backend, err, fail, out
 from lmteams.errors import LmteamsError
 from lmteams.hardware import (
+    BACKEND_KINDS,
     BackendConfig,
     HardwareInfo,
     detect,
@@ -79,13 +80,18 @@ def hardware(ctx: typer.Context, json_out: JsonFlag = False) -> None:
 def profile_cmd(
     *,
     model: Annotated[str, typer.Option(help="Catalogue name or .gguf path.")] = "smollm2-135m",
-    backend: Annotated[str, typer.Option(help="auto|cpu|cuda|metal|vulkan|sim")] = "auto",
-    threads: Annotated[int | None, typer.Option(help="CPU threads (default: cores).")] = None,
+    backend: Annotated[
+        str, typer.Option(help=f"Where the model runs: {'|'.join(BACKEND_KINDS)}.")
+    ] = "auto",
+    threads: Annotated[
+        int | None, typer.Option(min=1, help="CPU threads (default: cores).")
+    ] = None,
     sim_device: Annotated[str, typer.Option(help="Device class for --backend sim.")] = "cpu-x86",
     refresh: Annotated[bool, typer.Option("--refresh", help="Measure again.")] = False,
     json_out: JsonFlag = False,
 ) -> None:
     """Measure load time and token rates of a model on a device (cached)."""
+    check_backend(backend, sim_device)
     config = BackendConfig(kind=backend, model=model, n_threads=threads, sim_device=sim_device)
     try:
         measured = anyio.run(lambda: profile(config, refresh=refresh))

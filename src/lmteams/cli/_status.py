@@ -10,7 +10,16 @@ from rich.table import Table
 
 from lmteams.agents import resolve_url
 from lmteams.bus import BusAuth, open_bus
-from lmteams.cli._common import JsonFlag, NatsOption, TeamOption, err, out, run_async
+from lmteams.cli._common import (
+    JsonFlag,
+    NatsOption,
+    TeamOption,
+    err,
+    out,
+    positive,
+    run_async,
+    team_subjects,
+)
 from lmteams.gossip import MemberState, Update, observe_members
 
 __all__ = ("status",)
@@ -55,10 +64,15 @@ def status(
     nats: NatsOption = None,
     json_out: JsonFlag = False,
     wait: Annotated[
-        float, typer.Option(help="Seconds to spend asking members (a few protocol periods).")
+        float,
+        typer.Option(
+            callback=positive,
+            help="Seconds to spend asking members (a few protocol periods).",
+        ),
     ] = 1.0,
 ) -> None:
     """Show the team's members, their state, device, load and model, from gossip."""
+    team_subjects(team)
 
     async def main() -> tuple[Update, ...]:
         url = resolve_url(nats, team)
