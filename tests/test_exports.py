@@ -1,8 +1,11 @@
-"""Each package's curated surface: ``__all__`` lists exactly what it re-exports."""
+"""Each package's curated surface: ``__all__`` lists exactly what it re-exports, and
+importing a package loads only what it needs and registers nothing."""
 
 from __future__ import annotations
 
 import importlib
+import subprocess
+import sys
 import types
 
 import pytest
@@ -11,6 +14,8 @@ PACKAGES = [
     "lmteams",
     "lmteams.bus",
     "lmteams.agents",
+    "lmteams.consensus",
+    "lmteams.gossip",
     "lmteams.hardware",
     "lmteams.study",
     "lmteams.errors",
@@ -33,7 +38,8 @@ def test_all_matches_public_names(name: str) -> None:
         and getattr(value, "__module__", name).startswith("lmteams")
         and attr not in {"annotations"}
     }
-    assert exported - set(vars(module)) == set(), "__all__ names something missing"
+    missing = {n for n in exported if not hasattr(module, n)}  # lazy names resolve too
+    assert missing == set(), "__all__ names something missing"
     assert public - exported == set(), "public names missing from __all__"
 
 
@@ -44,3 +50,47 @@ def test_every_error_is_an_lmteams_error_with_a_docstring() -> None:
         assert issubclass(cls, errors.LmteamsError), name
         assert name.endswith("Error"), name
         assert cls.__doc__, name
+
+
+def _fresh(code: str) -> str:
+    """What ``code`` prints in a new interpreter: ``sys.modules`` there is untouched."""
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_importing_the_bus_loads_neither_the_stack_nor_numpy() -> None:
+    loaded = "import lmteams.bus, sys; print([m in sys.modules for m in NAMES])".replace(
+        "NAMES", repr(["numpy", "llama_cpp", "lmteams.consensus", "lmteams.agents"])
+    )
+    assert _fresh(loaded) == "[False, False, False, False]"
+
+
+def test_top_level_names_load_on_first_use() -> None:
+    code = (
+        "import lmteams, sys; before = 'lmteams.agents' in sys.modules; "
+        "client = lmteams.TeamClient; print(before, 'lmteams.agents' in sys.modules, "
+        "client is sys.modules['lmteams.agents'].TeamClient)"
+    )
+    assert _fresh(code) == "False True True"
+
+
+def test_strategies_register_by_call_not_by_import() -> None:
+    code = (
+        "import lmteams, lmteams.consensus, lmteams.cli; "
+        "from lmteams.agents import registered_strategies, load_strategies; "
+        "print(registered_strategies()); print(load_strategies()); print(load_strategies())"
+    )
+    lines = _fresh(code).splitlines()
+    assert lines[0] == "('single',)"  # imports changed nothing
+    everything = "('single', 'debate', 'quorum', 'vote', 'weighted')"
+    assert lines[1:] == [everything, everything]  # loading is explicit and idempotent
+
+
+def test_a_provider_that_is_not_a_function_is_refused() -> None:
+    from lmteams.agents import load_strategies
+
+    with pytest.raises(TypeError, match="not a function"):
+        load_strategies("lmteams.consensus:__doc__")

@@ -168,27 +168,33 @@ async def test_ask_to_a_stopped_actor_fails_fast(bus: Bus) -> None:
     async with open_runtime(bus, "t") as rt:
         ref = await rt.spawn(Calculator, actor_id="calc")
         await rt.stop("calc")
-        with anyio.fail_after(2), pytest.raises(ActorDeadError):
-            await ref.ask(Add(a=1, b=1), expect=Sum, timeout=30)
+        with pytest.raises(ActorDeadError):  # told at once, not a timeout an hour from now
+            await ref.ask(Add(a=1, b=1), expect=Sum, timeout=3600)
 
 
-class Slow(Actor):
+class Gated(Actor):
+    """Holds each message until the test opens the gate: a mailbox that stays full."""
+
     mailbox_size = 2
+
+    def __init__(self, gate: anyio.Event) -> None:
+        self.gate = gate
 
     @handler
     async def on_add(self, msg: Add) -> Sum:
-        await anyio.sleep(0.3)
+        await self.gate.wait()
         return Sum(value=msg.a + msg.b)
 
 
 async def test_full_mailbox_refuses_requests(bus: Bus) -> None:
+    gate = anyio.Event()
     async with open_runtime(bus, "t") as rt:
-        ref = await rt.spawn(Slow, actor_id="slow")
+        ref = await rt.spawn(Gated(gate), actor_id="gated")
         outcomes: list[str] = []
 
         async def one(i: int) -> None:
             try:
-                await ref.ask(Add(a=i, b=0), expect=Sum, timeout=10)
+                await ref.ask(Add(a=i, b=0), expect=Sum, timeout=3600)
                 outcomes.append("ok")
             except MailboxFullError:
                 outcomes.append("busy")
@@ -196,8 +202,11 @@ async def test_full_mailbox_refuses_requests(bus: Bus) -> None:
         async with anyio.create_task_group() as tg:
             for i in range(8):
                 tg.start_soon(one, i)
-        assert outcomes.count("busy") >= 4  # 1 in hand + 2 queued; the rest are refused
-        assert outcomes.count("ok") >= 3
+            # 1 in hand + 2 queued; the other five are refused while the gate is shut
+            await wait_until(lambda: outcomes.count("busy") == 5)
+            assert outcomes == ["busy"] * 5  # refused at once, nothing answered yet
+            gate.set()
+        assert sorted(outcomes) == ["busy"] * 5 + ["ok"] * 3
 
 
 async def test_graceful_stop_finishes_queued_messages(bus: Bus) -> None:

@@ -9,13 +9,26 @@ import anyio
 import msgspec
 import pytest
 
-import lmteams.consensus  # noqa: F401  (registers the strategies)
-from lmteams.agents import Answer, Prompt, Runtime, WorkerAgent, WorkerConfig, handler
+from lmteams.agents import (
+    Answer,
+    Prompt,
+    Runtime,
+    WorkerAgent,
+    WorkerConfig,
+    handler,
+    load_strategies,
+)
 from lmteams.bus import WorkQueueSettings
 from lmteams.hardware import Backend, Completion, GenerateRequest, Timings
 from lmteams.testing import wait_until
 
 Script = Callable[[str], str]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _strategies() -> None:
+    """Register vote, weighted, debate and quorum, as an agent daemon does at start."""
+    load_strategies()
 
 
 class ScriptBackend:

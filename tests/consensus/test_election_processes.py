@@ -37,7 +37,7 @@ async def test_killing_the_leader_process_hands_the_role_over(nats_server: Embed
             assert leader in procs
             procs[leader].send_signal(signal.SIGKILL)
             procs[leader].wait()
-            with anyio.fail_after(TTL * 5):
+            with anyio.fail_after(60):  # a deadline against hangs; no timing is asserted
                 while (await holder())[0] in ("", leader):
                     await anyio.sleep(0.1)
             successor, new_token = await holder()

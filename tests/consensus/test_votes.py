@@ -4,7 +4,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lmteams.consensus import majority_probability, normalize, plurality, register_normalizer
+from lmteams.consensus import (
+    _normalize,
+    majority_probability,
+    normalize,
+    plurality,
+    register_normalizer,
+)
 from lmteams.errors import ConfigError
 
 
@@ -34,11 +40,17 @@ def test_normalizers(text: str, kind: str, expected: str) -> None:
     assert normalize(text, kind) == expected
 
 
-def test_unknown_normalizer_and_custom_one() -> None:
+def test_unknown_normalizer_and_custom_one(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ConfigError, match="unknown normalizer"):
         normalize("x", "nope")
+    # the registry is process-wide: register into a copy that the test's end throws away
+    registry = dict(_normalize._NORMALIZERS)
+    monkeypatch.setattr(_normalize, "_NORMALIZERS", registry)
     register_normalizer("upper", str.upper)
     assert normalize("ab", "upper") == "AB"
+    monkeypatch.undo()
+    with pytest.raises(ConfigError, match="unknown normalizer"):  # no other test sees it
+        normalize("ab", "upper")
 
 
 def test_plurality_weights_abstentions_and_deterministic_ties() -> None:

@@ -8,6 +8,7 @@ timings.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import AsyncIterator
 
 import anyio
@@ -70,6 +71,14 @@ def sees_all(team: list[SwimMember], names: set[str]) -> bool:
     return all(set(m.alive()) == names for m in team)
 
 
+async def run_periods(team: list[SwimMember], count: int) -> None:
+    """Modelled time: wait until every member has run ``count`` more protocol periods."""
+    start = {m.id: m.statistics().periods for m in team}
+    await wait_until(
+        lambda: all(m.statistics().periods >= start[m.id] + count for m in team), timeout=60
+    )
+
+
 def state_of(member: SwimMember, name: str) -> MemberState | None:
     record = member.member(name)
     return record.state if record else None
@@ -79,10 +88,9 @@ async def test_eight_members_join_and_see_each_other(bus: Bus) -> None:
     async with members(bus, 8) as team:
         names = {m.id for m in team}
         await wait_until(lambda: sees_all(team, names), timeout=10)
-        await anyio.sleep(10 * FAST.period_s)  # let a few periods run
+        await run_periods(team, 10)
         stats = [m.statistics() for m in team]
     for s in stats:
-        assert s.periods >= 5
         assert s.alive == 8 and s.dead == 0
         # constant traffic: one ping sent and about one answered per period, plus syncs
         assert s.messages_sent <= 6 * s.periods + 10
@@ -135,7 +143,7 @@ async def test_voluntary_leave_propagates_as_left(bus: Bus) -> None:
         await wait_until(
             lambda: all(state_of(m, "leaver") is MemberState.LEFT for m in team), timeout=10
         )
-        await anyio.sleep(10 * FAST.period_s)  # left stays left: no probe turns it into dead
+        await run_periods(team, 10)  # left stays left: no probe turns it into dead
         assert all(state_of(m, "leaver") is MemberState.LEFT for m in team)
     # a probe racing the news may suspect the leaver for a moment; it never kills it
     assert not recorder.about("leaver", ChangeKind.DEAD)
@@ -168,12 +176,20 @@ async def test_short_pause_is_suspected_at_most_never_dead(bus: Bus) -> None:
         names = {m.id for m in team} | {"victim"}
         await wait_until(lambda: sees_all(team, names), timeout=10)
         suspicion = config.suspicion_timeout(len(names))
-        wait = 2 * config.dead_timeout(len(names))  # every accuser's timer has run out by then
+        # every accuser's timer has run out after this many of its periods
+        settle = 2 * math.ceil(config.dead_timeout(len(names)) / config.period_s)
         for first, second in ((0, 1), (2, 3), (4, 5), (6, 7)):
-            team[first].pause_for(0.9 * suspicion)
-            await anyio.sleep(0.4 * suspicion)  # the accusations are out: pause an accuser
-            team[second].pause_for(0.9 * suspicion)
-            await anyio.sleep(wait)
+            a, b = team[first], team[second]
+            ran = a.statistics().periods
+            a.pause_for(0.9 * suspicion)  # the fault: silent for less than the timeout
+            # pause an accuser once the accusations are out (or the pause is over unaccused)
+            await wait_until(
+                lambda a=a, ran=ran: (
+                    bool(recorder.about(a.id, ChangeKind.SUSPECT)) or a.statistics().periods > ran
+                )
+            )
+            b.pause_for(0.9 * suspicion)
+            await run_periods(team, settle)  # both paused members have run again, too
             await wait_until(lambda: sees_all(team, names), timeout=10)
         assert not any(recorder.about(m.id, ChangeKind.DEAD) for m in team)
         suspected = [m for m in team if recorder.about(m.id, ChangeKind.SUSPECT)]
@@ -196,7 +212,7 @@ async def test_observer_reads_the_table_without_joining(bus: Bus) -> None:
         seen: tuple[Update, ...] = await observe_members(bus, TEAM, samples=2, interval=0.05)
         assert {u.member for u in seen} == {"m0", "m1", "m2", "m3"}
         assert {u.member: u.meta["load"] for u in seen if u.meta}["m1"] == 1.0
-        await anyio.sleep(3 * FAST.period_s)
+        await run_periods(team, 3)
         assert all(len(m.members()) == 4 for m in team)  # nobody added the observer
 
 

@@ -8,6 +8,7 @@ answers nothing until it is resumed, then reads its backlog and refutes.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import signal
 import subprocess
@@ -128,8 +129,16 @@ async def test_process_stopped_shorter_than_suspicion_is_never_declared_dead(
             await ready(proc)
             await wait_until(lambda: everyone_sees(team, "napper", MemberState.ALIVE), timeout=15)
             os.kill(proc.pid, signal.SIGSTOP)
-            await anyio.sleep(0.5)
+            await anyio.sleep(0.5)  # the fault itself: a quarter of the suspicion timeout
             os.kill(proc.pid, signal.SIGCONT)
-            await anyio.sleep(4.0)  # twice the suspicion timeout
+            # modelled time: each survivor runs enough periods for any accusation made during
+            # the stop to have expired into a death, had the member not refuted it
+            config = SwimConfig(period_s=PERIOD, suspicion_mult=mult)
+            settle = 2 * math.ceil(config.dead_timeout(len(team) + 1) / PERIOD)
+            ran = {m.id: m.statistics().periods for m in team}
+            await wait_until(
+                lambda: all(m.statistics().periods >= ran[m.id] + settle for m in team),
+                timeout=60,
+            )
             await wait_until(lambda: everyone_sees(team, "napper", MemberState.ALIVE), timeout=10)
     assert not recorder.about("napper", ChangeKind.DEAD)

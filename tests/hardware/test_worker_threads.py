@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import anyio
 import pytest
@@ -23,35 +22,43 @@ async def test_result_and_errors_pass_through() -> None:
 
 async def test_cancellation_sets_stop_and_waits_for_the_thread() -> None:
     started = threading.Event()
-    finished = threading.Event()
+    stopping = threading.Event()
+    release = threading.Event()
+    order: list[str] = []
 
     def polite(stop: threading.Event) -> str:
         started.set()
-        while not stop.wait(0.001):
-            pass
-        time.sleep(0.05)  # still busy after the stop request: the caller must wait
-        finished.set()
+        stop.wait(60)
+        stopping.set()  # told to stop, and still busy: the caller must wait
+        release.wait(60)
+        order.append("thread finished")
         return "stopped"
 
-    with anyio.move_on_after(5) as scope:
-        async with anyio.create_task_group() as group:
+    async with anyio.create_task_group() as group:
+        call_scope = anyio.CancelScope()
 
-            async def call() -> None:
+        async def call() -> None:
+            with call_scope:
                 await run_in_thread(polite)
+            order.append("caller returned")
 
-            group.start_soon(call)
-            await anyio.to_thread.run_sync(started.wait)
-            group.cancel_scope.cancel()
-    assert not scope.cancelled_caught
-    assert finished.is_set()
+        group.start_soon(call)
+        await anyio.to_thread.run_sync(started.wait)
+        call_scope.cancel()
+        await anyio.to_thread.run_sync(stopping.wait)
+        assert order == []  # the cancelled caller is still waiting for its thread
+        release.set()
+    assert order == ["thread finished", "caller returned"]
 
 
 async def test_a_result_finished_after_cancellation_is_discarded() -> None:
     discarded: list[str] = []
+    started = threading.Event()
     gate = threading.Event()
 
     def stubborn(_stop: threading.Event) -> str:
-        gate.wait(5)
+        started.set()
+        gate.wait(60)  # ignores the stop request, as a model load does
         return "loaded model"
 
     async def call() -> None:
@@ -59,7 +66,7 @@ async def test_a_result_finished_after_cancellation_is_discarded() -> None:
 
     async with anyio.create_task_group() as group:
         group.start_soon(call)
-        await anyio.sleep(0.01)
+        await anyio.to_thread.run_sync(started.wait)
         group.cancel_scope.cancel()
         gate.set()
     assert discarded == ["loaded model"]

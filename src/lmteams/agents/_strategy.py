@@ -1,13 +1,19 @@
 """How an agent that pulled a task gets other agents to answer it: the strategy hook.
 
 ``single`` is built in. Multi-agent strategies (vote, weighted, debate, quorum) live in
-``lmteams.consensus`` and register here when it is imported, so that agents never import the
-layer above them; the agent that pulled the task coordinates it with the registered strategy.
+``lmteams.consensus``; an agent daemon registers them when it is assembled, by calling
+``load_strategies()``, and the agent that pulled a task coordinates it with the registered
+strategy. Registration is an explicit call, never a side effect of importing a package: what
+an agent can do does not depend on which modules happened to be imported first. Providers
+are named as ``"module:function"`` and resolved at the call, so agents never import the layer
+above them.
 """
 
 from __future__ import annotations
 
+import importlib
 import zlib
+from collections.abc import Iterable
 from typing import Protocol
 
 import msgspec
@@ -23,6 +29,7 @@ __all__ = (
     "StrategyContext",
     "Outcome",
     "register_strategy",
+    "load_strategies",
     "get_strategy",
     "registered_strategies",
     "agent_seed",
@@ -82,6 +89,27 @@ _REGISTRY: dict[str, Strategy] = {}
 
 def register_strategy(strategy: Strategy) -> None:
     _REGISTRY[strategy.name] = strategy
+
+
+BUILTIN_STRATEGIES = "lmteams.consensus:strategies"
+"""The provider of vote, weighted, debate and quorum: a function returning strategies."""
+
+
+def load_strategies(*providers: str) -> tuple[str, ...]:
+    """Register what each ``"module:function"`` provider returns; the built-ins by default.
+
+    Idempotent (a strategy registered again replaces itself). Returns the names now
+    registered, ``single`` included.
+    """
+    for provider in providers or (BUILTIN_STRATEGIES,):
+        module, _, function = provider.partition(":")
+        make: object = getattr(importlib.import_module(module), function)
+        if not callable(make):
+            raise TypeError(f"strategy provider {provider!r} is not a function")
+        found: Iterable[Strategy] = make()
+        for strategy in found:
+            register_strategy(strategy)
+    return registered_strategies()
 
 
 def get_strategy(name: str) -> Strategy | None:

@@ -12,6 +12,11 @@
   subscription's task, which resolves the caller's future, which ``asyncio.wait_for`` wraps
   in one more, with a timer per request. ``fast_request`` resolves the caller's future in
   the reading task itself, and one timer, set for the earliest deadline, expires them all.
+  Closing the connection fails the requests still waiting, at once, with
+  ``ConnectionClosedError`` (nats-py leaves its own to their timeouts).
+
+The class overrides private methods of nats-py, so it is pinned to the releases it was read
+against (``NATS_PY_RANGE``, the bound in pyproject.toml): a test fails on any other.
 """
 
 from __future__ import annotations
@@ -28,7 +33,10 @@ from nats.errors import BadHeaderError
 from nats.js.api import Header
 from nats.protocol.command import hpub_cmd
 
-__all__ = ("FastClient", "parse_header_lines", "encode_header_block")
+__all__ = ("FastClient", "parse_header_lines", "encode_header_block", "NATS_PY_RANGE")
+
+NATS_PY_RANGE = ("2.9", "2.17")
+"""nats-py releases [low, high) whose private methods this client was checked against."""
 
 _CRLF = b"\r\n"
 _WHITESPACE = re.compile(r"\s")
@@ -137,6 +145,21 @@ class FastClient(Client):
         if msg.headers and msg.headers.get(Header.STATUS) == NO_RESPONDERS_STATUS:
             raise nats.errors.NoRespondersError
         return msg
+
+    async def _close(self, status: int, do_cbs: bool = True) -> None:
+        try:
+            await super()._close(status, do_cbs)
+        finally:
+            self._fail_waiting()
+
+    def _fail_waiting(self) -> None:
+        """A closed connection will never carry the replies: fail their callers now."""
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        for future, _deadline in self._waiting.values():
+            if not future.done():
+                future.set_exception(nats.errors.ConnectionClosedError())
 
     def _expire_at(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
         if self._expiry is not None:
