@@ -8,11 +8,14 @@ and the median of the trials is reported, never one absolute time.
 from __future__ import annotations
 
 import argparse
+import functools
+import importlib.metadata
 import json
 import logging
 import os
 import platform
 import statistics
+import subprocess
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -29,12 +32,36 @@ def quiet_logs() -> None:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
 
 
+@functools.cache
+def versions() -> dict[str, str]:
+    """The libraries a figure depends on, as installed: a figure means little without them."""
+    from lmteams.bus import find_server_binary
+
+    found: dict[str, str] = {}
+    for package in ("nats-py", "llama-cpp-python", "msgspec", "lmteams"):
+        try:
+            found[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            found[package] = "not installed"
+    try:
+        out = subprocess.run(
+            [str(find_server_binary()), "--version"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout  # fmt: skip
+        found["nats-server"] = out.strip().removeprefix("nats-server: ").removeprefix("v")
+    except Exception as exc:  # a missing binary is recorded, not fatal
+        found["nats-server"] = f"unknown ({exc.__class__.__name__})"
+    return found
+
+
 def machine() -> dict[str, Any]:
+    """Where a figure was measured, library versions included (every benchmark's JSON)."""
     return {
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
         "machine": platform.machine(),
         "system": platform.system(),
+        "versions": versions(),
     }
 
 

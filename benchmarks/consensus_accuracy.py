@@ -36,7 +36,6 @@ import anyio
 import msgspec
 
 sys.path.insert(0, str(Path(__file__).parent))
-import lmteams.consensus  # noqa: F401 - registers the vote strategy with local agents
 from _common import emit, quiet_logs
 from lmteams.agents import (
     AgentAnswer,
@@ -44,6 +43,7 @@ from lmteams.agents import (
     TeamClient,
     WorkerAgent,
     WorkerConfig,
+    load_strategies,
     open_runtime,
 )
 from lmteams.bus import Subjects, ensure_team_streams, open_bus
@@ -172,6 +172,7 @@ async def sample(qs: list[Question], threads: int, temperature: float) -> list[R
 
 async def main(count: int, seed: int, threads: int, temperature: float) -> None:
     quiet_logs()
+    load_strategies()  # the vote strategy, for the agents this benchmark hosts
     qs = questions(count, seed)
     by_question = list(zip(qs, await sample(qs, threads, temperature), strict=True))
     rng = random.Random(seed + 1)

@@ -5,6 +5,15 @@ that gives us three things the high-level API does not: a cancellation check bet
 the time to first token, and per-token logprobs without ``logits_all=True`` (which would make
 llama.cpp compute the vocabulary projection for every prompt token). The logprob of each
 chosen token is read from the logits row llama.cpp just sampled from.
+
+The KV cache of the shared prompt prefix (the chat template's system part, which every task
+of a team repeats) is kept across calls, as bare llama-cpp-python keeps it. llama-cpp-python
+reuses the longest common prefix with the previous call, which makes an answer depend on the
+call before it: the suffix is evaluated in a batch of another shape, and llama.cpp's kernels
+round differently by batch shape. We cut the prompt at a point fixed by the request alone
+(the end of the system part) and always evaluate the two pieces as two batches, cached or
+not, so a cache hit computes exactly what a cold call computes and greedy answers stay
+reproducible.
 """
 
 from __future__ import annotations
@@ -149,6 +158,8 @@ class LlamaStatistics(msgspec.Struct, frozen=True, kw_only=True):
     failed: int
     tokens_in: int
     tokens_out: int
+    tokens_reused: int = 0
+    """Prompt tokens whose KV came from the previous call's shared prefix, not evaluated."""
 
 
 class LlamaBackend:
@@ -167,6 +178,7 @@ class LlamaBackend:
         self._n_vocab = int(llm.n_vocab())
         self._formatter = _chat_formatter(llm)
         self._warned_no_template = False
+        self._prefix: tuple[tuple[bool, str | None], list[int]] | None = None
         # Written only by the worker thread that holds the lock, read by anyone.
         self._stats = {
             "calls": 0,
@@ -175,6 +187,7 @@ class LlamaBackend:
             "failed": 0,
             "tokens_in": 0,
             "tokens_out": 0,
+            "tokens_reused": 0,
         }
 
     def statistics(self) -> LlamaStatistics:
@@ -188,6 +201,15 @@ class LlamaBackend:
     @property
     def model(self) -> str:
         return self._model.name
+
+    @property
+    def n_ctx(self) -> int:
+        """Usable context: llama.cpp may round n_ctx up, llama-cpp-python's buffer does not."""
+        return min(int(self._llm.n_ctx()), len(self._llm.input_ids))
+
+    async def count_tokens(self, request: GenerateRequest) -> int:
+        """Prompt tokens with the model's tokenizer and chat template, off the event loop."""
+        return await anyio.to_thread.run_sync(lambda: len(self._prompt_tokens(request)))
 
     @classmethod
     async def open(cls, config: BackendConfig) -> LlamaBackend:
@@ -243,6 +265,65 @@ class LlamaBackend:
         text = f"{request.system}\n\n{request.prompt}" if request.system else request.prompt
         return list(self._llm.tokenize(text.encode("utf-8"), add_bos=True, special=True))
 
+    def _shared_prefix(self, request: GenerateRequest) -> list[int]:
+        """Tokens of the prompt's system part: what every request with this system shares.
+
+        Rendered with a sentinel user message and cut before it, so the template's own
+        default system prompt counts too; remembered for the last system seen.
+        """
+        key = (request.chat and self._formatter is not None, request.system)
+        if self._prefix is not None and self._prefix[0] == key:
+            return self._prefix[1]
+        sentinel = "\u2063lmteams-prefix\u2063"
+        if key[0]:
+            messages = [{"role": "system", "content": request.system}] if request.system else []
+            messages.append({"role": "user", "content": sentinel})
+            try:
+                text = self._formatter(messages=messages).prompt
+            except Exception:  # jinja raises anything; then nothing is shared
+                text = ""
+            head, found, _ = text.partition(sentinel)
+            tokens = self._llm.tokenize(head.encode("utf-8"), add_bos=False, special=True)
+            prefix = list(tokens) if found else []
+        elif request.system:
+            text = f"{request.system}\n\n"
+            prefix = list(self._llm.tokenize(text.encode("utf-8"), add_bos=True, special=True))
+        else:
+            prefix = []
+        self._prefix = (key, prefix)
+        return prefix
+
+    def _split(self, request: GenerateRequest, prompt: list[int]) -> int:
+        """Where the prompt is cut: the longest start it shares with its system part.
+
+        Fixed by the request alone, never by the previous call; at least one token is left
+        after it, so there is always something to evaluate before sampling.
+        """
+        prefix = self._shared_prefix(request)
+        split = 0
+        for ours, theirs in zip(prefix, prompt[:-1], strict=False):
+            if ours != theirs:
+                break
+            split += 1
+        return split
+
+    def _prime(self, prompt: list[int], split: int) -> None:
+        """Leave exactly ``prompt[:split]`` in the KV cache: kept if cached, else evaluated."""
+        llm = self._llm
+        cached = (
+            split > 0
+            and llm.n_tokens >= split
+            and llm.input_ids[:split].tolist() == prompt[:split]
+            and llm._ctx.kv_cache_seq_rm(-1, split, -1)  # false: this model cannot truncate
+        )
+        if cached:
+            llm.n_tokens = split
+            self._stats["tokens_reused"] += split
+            return
+        llm.reset()  # type: ignore[no-untyped-call]  # unannotated in llama-cpp-python
+        if split:
+            llm.eval(prompt[:split])
+
     def _generate_sync(self, request: GenerateRequest, stop: threading.Event) -> Completion:
         self._stats["calls"] += 1
         try:
@@ -269,13 +350,10 @@ class LlamaBackend:
         finish = "length"
         first_token_at: float | None = None
         text = ""
-        # Forget the KV cache: reusing a cached prompt prefix re-evaluates the last prompt
-        # token in a batch of one, whose kernels round differently from the full batch, so
-        # the same greedy request could answer differently the second time. Reproducible
-        # answers matter more to voting and studies than the prefix-cache saving.
-        llm.reset()  # type: ignore[no-untyped-call]  # unannotated in llama-cpp-python
-        generator = llm.generate(
-            prompt,
+        split = self._split(request, prompt) if budget else 0
+        generator = llm.generate(  # lazy: nothing runs until the first token is asked for
+            prompt[split:],
+            reset=False,  # _prime has set the cache; generate's own prefix match would not
             top_k=40,
             top_p=request.top_p,
             min_p=0.05,
@@ -283,6 +361,8 @@ class LlamaBackend:
             repeat_penalty=1.0,
         )
         try:
+            if budget:
+                self._prime(prompt, split)
             for token in generator if budget else ():
                 if first_token_at is None:
                     first_token_at = time.perf_counter()
