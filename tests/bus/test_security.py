@@ -1,22 +1,32 @@
-"""Authentication and per-role permissions, checked against a real nats-server."""
+"""Authentication and least-privilege permissions, checked against a real nats-server.
+
+Every refusal here is the server's: each credential tries what it must not do with plain
+nats-py calls, and the team's state is read back with the operator's credential.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import io
 import os
-import shutil
 import signal
 import stat
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
+import anyio
 import msgspec
+import nats
+import nats.errors
 import pytest
 import structlog
+from nats.aio.msg import Msg
+from nats.js import api
 
 from lmteams.agents import (
     Ping,
@@ -29,6 +39,8 @@ from lmteams.agents import (
     open_runtime,
 )
 from lmteams.bus import (
+    KV,
+    Bus,
     BusAuth,
     Codec,
     EmbeddedServer,
@@ -38,16 +50,25 @@ from lmteams.bus import (
     SubjectKind,
     Subjects,
     TeamSecurity,
-    ensure_team_streams,
     free_port,
+    inbox_prefix,
     load_security,
+    new_id,
     new_nkey,
     open_bus,
+    open_kv,
+    provision_team,
     run_server,
     team_security,
     write_credentials,
 )
-from lmteams.errors import NoRespondersError, NotConnectedError, RequestTimeoutError
+from lmteams.consensus import LeaderElection
+from lmteams.errors import (
+    NoRespondersError,
+    NotConnectedError,
+    RequestTimeoutError,
+    RevisionMismatchError,
+)
 from lmteams.hardware import BackendConfig
 from lmteams.logging import configure
 from lmteams.testing import wait_until
@@ -69,10 +90,19 @@ class Secured(msgspec.Struct, kw_only=True):
 
 @pytest.fixture
 async def secured(tmp_path: Path) -> AsyncIterator[Secured]:
-    security = team_security(TEAM, ["a1", "a2"])
+    """A secured team bus whose streams, consumer and buckets the operator has made."""
+    security = team_security(TEAM, ["a1", "a2"], clients=("client", "eve"))
     files = write_credentials(security, tmp_path / "creds")
     async with run_server(ServerConfig(extra=security.server_config())) as server:
+        async with open_bus(server.url, name="admin", nkey_seed=str(files["admin"])) as admin:
+            await provision_team(admin, Subjects(TEAM))
         yield Secured(server=server, security=security, files=files)
+
+
+@contextlib.asynccontextmanager
+async def as_user(secured: Secured, name: str) -> AsyncIterator[Bus]:
+    async with open_bus(secured.server.url, name=name, nkey_seed=secured.seed(name)) as bus:
+        yield bus
 
 
 def test_credential_files_are_private(tmp_path: Path) -> None:
@@ -111,6 +141,35 @@ def test_permissions_follow_the_subject_tree() -> None:
     client = security.permissions(security.credential("client"))
     assert not any(".agent." in s for s in client["subscribe"]["allow"])
     assert security.credential("admin").role is Role.ADMIN
+    for name in ("a1", "client"):
+        perms = security.permissions(security.credential(name))
+        allowed = perms["publish"]["allow"] + perms["subscribe"]["allow"]
+        # no shared inbox, no verb that changes a stream or a consumer
+        assert "_INBOX.>" not in allowed
+        assert not [a for a in allowed for v in ("UPDATE", "DELETE", "PURGE") if v in a]
+        assert not [a for a in allowed if "STREAM.CREATE" in a or "DURABLE" in a]
+        assert "$JS.API.STREAM.UPDATE.>" in perms["publish"]["deny"]
+        own = f"{inbox_prefix(security.credential(name).identity)}.>"
+        assert [a for a in perms["subscribe"]["allow"] if a.startswith("_INBOX")] == [own]
+
+
+def test_message_ids_are_fork_safe() -> None:
+    """A forked child must not repeat its parent's ids (they are ``Nats-Msg-Id`` dedupe keys)."""
+    parent_before = new_id()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report the next ids it makes, and leave without cleanup
+        os.close(read)
+        os.write(write, " ".join(new_id() for _ in range(3)).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        child_ids = pipe.read().decode().split()
+    os.waitpid(pid, 0)
+    parent_ids = [new_id() for _ in range(3)]
+    assert len(child_ids) == 3
+    assert not set(child_ids) & set(parent_ids)
+    assert child_ids[0][:8] != parent_before[:8]  # a new per-process prefix, not just a count
 
 
 async def test_unauthenticated_client_is_refused(secured: Secured) -> None:
@@ -177,6 +236,146 @@ async def test_client_cannot_impersonate_an_agent(secured: Secured) -> None:
             await client.request(s.agent("a2"), Ping(), expect=Pong, timeout=0.5)
 
 
+async def _refused(bus: Bus, call: Callable[[], object]) -> None:
+    """``call`` (a JetStream API request) gets no answer and the server reports a violation."""
+    before = bus.statistics().permission_violations
+    with pytest.raises(nats.errors.TimeoutError):
+        await call()  # type: ignore[misc]
+    await wait_until(lambda: bus.statistics().permission_violations > before)
+
+
+@pytest.mark.parametrize("who", ["client", "a1"])
+async def test_no_member_may_change_or_delete_streams_or_consumers(
+    secured: Secured, who: str
+) -> None:
+    s = Subjects(TEAM)
+    async with as_user(secured, "admin") as admin, as_user(secured, who) as member:
+        await admin.nc.jetstream().publish(s.results("q1"), b'{"type":"result"}')
+        before = await admin.js.stream_info(s.results_stream)
+        jsm = member.nc.jsm(timeout=1.0)
+        shrunk = dataclasses.replace(before.config, max_msgs=1)  # the reviewer's attack
+        await _refused(member, lambda: jsm.update_stream(shrunk))
+        await _refused(member, lambda: jsm.purge_stream(s.results_stream))
+        await _refused(member, lambda: jsm.delete_stream(s.results_stream))
+        await _refused(member, lambda: jsm.delete_stream(s.tasks_stream))
+        await _refused(member, lambda: jsm.delete_consumer(s.tasks_stream, "workers"))
+        thief = api.ConsumerConfig(durable_name="thief", ack_policy=api.AckPolicy.EXPLICIT)
+        await _refused(member, lambda: jsm.add_consumer(s.tasks_stream, thief))
+        await _refused(member, lambda: jsm.delete_stream(f"KV_{s.kv_bucket('leases')}"))
+        # what they may do still works: read the stream's info and the stored result
+        assert (await jsm.stream_info(s.results_stream)).config.max_msgs == before.config.max_msgs
+        stored = await member.js.get_last_msg(s.results_stream, s.results("q1"))
+        assert stored.data == b'{"type":"result"}'
+        after = await admin.js.stream_info(s.results_stream)
+        assert after.config.max_msgs == before.config.max_msgs and after.state.messages == 1
+        names = {c.name for c in await admin.js.consumers_info(s.tasks_stream)}
+        assert names == {"workers"}
+
+
+async def test_each_identity_reads_only_its_own_inbox(secured: Secured) -> None:
+    """eve may not listen where task bodies travel: the shared inbox, another identity's
+    prefix, the tasks subject, agents' inboxes or roles, or everything."""
+    a1_prefix = inbox_prefix(secured.security.credential("a1").identity)
+    async with as_user(secured, "eve") as eve:
+        eve_id = secured.security.credential("eve").identity
+        assert bytes(eve.nc._inbox_prefix).decode() == inbox_prefix(eve_id)
+        seen: list[Msg] = []
+
+        async def record(msg: Msg) -> None:
+            seen.append(msg)
+
+        forbidden = ["_INBOX.>", f"{a1_prefix}.>", "lmt.sec.tasks", "lmt.sec.agent.>", ">"]
+        for i, subject in enumerate(forbidden):
+            await eve.nc.subscribe(subject, cb=record)
+            await eve.nc.flush()
+            await wait_until(lambda i=i: eve.statistics().permission_violations == i + 1)
+        # a request eve makes is answered on her own prefix (the JetStream API, here)
+        info = await eve.js.stream_info(Subjects(TEAM).results_stream)
+        assert info.config.name == Subjects(TEAM).results_stream
+        assert not seen
+
+
+async def test_a_client_never_sees_another_clients_task_bodies(secured: Secured) -> None:
+    s = Subjects(TEAM)
+    secret = "the launch code is 0451"
+    a1_prefix = inbox_prefix(secured.security.credential("a1").identity)
+    snooped: dict[str, list[bytes]] = {"eve": [], "admin": []}
+    listens = ["_INBOX.>", f"{a1_prefix}.>", s.tasks, s.all(SubjectKind.AGENT), ">"]
+    async with (
+        as_user(secured, "admin") as admin,
+        as_user(secured, "eve") as eve,
+        as_user(secured, "a1") as agent_bus,
+        open_runtime(agent_bus, TEAM) as runtime,
+    ):
+        for who, bus in (("eve", eve), ("admin", admin)):
+            for subject in listens:
+
+                async def record(msg: Msg, who: str = who) -> None:
+                    snooped[who].append(bytes(msg.data))
+
+                await bus.nc.subscribe(subject, cb=record)
+        await eve.nc.flush()
+        await wait_until(lambda: eve.statistics().permission_violations == len(listens))
+        await runtime.spawn(lambda: WorkerAgent(SIM), actor_id="a1", roles=("worker",))
+        async with as_user(secured, "client") as client_bus:
+            result = await TeamClient(client_bus, TEAM).submit(secret, max_tokens=4, timeout=20)
+        assert result.ok and result.agent == "a1"
+        # eve can read the tasks stream no more than its subject (acked tasks are gone anyway)
+        jsm = eve.nc.jsm(timeout=1.0)
+        await _refused(eve, lambda: jsm.get_last_msg(s.tasks_stream, s.tasks))
+        # the operator, allowed to, did see the body pulled into a1's inbox: eve's
+        # subscriptions would have caught it had the server let her make them
+        await wait_until(lambda: any(secret.encode() in m for m in snooped["admin"]))
+    assert snooped["eve"] == []
+    assert agent_bus.statistics().permission_violations == 0
+
+
+async def test_election_works_under_agent_permissions(secured: Secured) -> None:
+    async with as_user(secured, "a1") as b1, as_user(secured, "a2") as b2:
+        first = LeaderElection(b1, TEAM, candidate="a1", ttl_s=2.0)
+        second = LeaderElection(b2, TEAM, candidate="a2", ttl_s=2.0)
+        async with anyio.create_task_group() as tg:
+            await tg.start(first.run)
+            await tg.start(second.run)
+            await wait_until(lambda: first.is_leader or second.is_leader)
+            leader, other = (first, second) if first.is_leader else (second, first)
+            await wait_until(lambda: other.leader == leader.candidate)
+            await leader.resign()
+            await wait_until(lambda: other.is_leader, timeout=20)
+            assert other.token > 0
+            tg.cancel_scope.cancel()
+        assert b1.statistics().permission_violations == 0
+        assert b2.statistics().permission_violations == 0
+
+
+async def test_claims_work_under_agent_permissions(secured: Secured) -> None:
+    """Decentralized claims: create-if-absent on the team's claims bucket, one winner."""
+    bucket = Subjects(TEAM).kv_bucket("claims")
+    async with as_user(secured, "a1") as b1, as_user(secured, "a2") as b2:
+        kv1, kv2 = await open_kv(b1, bucket), await open_kv(b2, bucket)
+        outcomes: dict[str, int | str] = {}
+
+        async def claim(kv: KV, agent: str) -> None:
+            try:
+                outcomes[agent] = await kv.create("claim.s1", agent.encode())
+            except RevisionMismatchError:
+                outcomes[agent] = "lost"
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(claim, kv1, "a1")
+            tg.start_soon(claim, kv2, "a2")
+        assert sorted(map(str, outcomes.values())).count("lost") == 1
+        winner, winner_kv = ("a1", kv1) if outcomes["a1"] != "lost" else ("a2", kv2)
+        loser_kv = kv2 if winner_kv is kv1 else kv1
+        entry = await loser_kv.get("claim.s1")
+        assert entry is not None and entry.value == winner.encode()
+        await winner_kv.delete("claim.s1")  # released: the other may claim it now
+        assert await loser_kv.create("claim.s1", b"next") > 0
+        assert "claim.s1" in await loser_kv.keys()
+        assert b1.statistics().permission_violations == 0
+        assert b2.statistics().permission_violations == 0
+
+
 @pytest.mark.parametrize("mode", ["nkey", "password"])
 async def test_secured_team_serves_tasks(mode: str) -> None:
     security = team_security(TEAM, ["a1"], mode=mode)
@@ -187,8 +386,14 @@ async def test_secured_team_serves_tasks(mode: str) -> None:
             return BusAuth(user=cred.user, password=cred.password)
         return BusAuth(nkey_seed=_seed_file(cred.nkey_seed))
 
+    async with run_server(ServerConfig(extra=security.server_config())) as server:
+        async with open_bus(server.url, **auth("admin").options()) as admin:
+            await provision_team(admin, Subjects(TEAM))
+        await _serve_one_task(server, auth)
+
+
+async def _serve_one_task(server: EmbeddedServer, auth: Callable[[str], BusAuth]) -> None:
     async with (
-        run_server(ServerConfig(extra=security.server_config())) as server,
         open_bus(server.url, name="a1", **auth("a1").options()) as agent_bus,
         open_runtime(agent_bus, TEAM) as runtime,
     ):
@@ -243,6 +448,14 @@ async def test_secrets_never_reach_logs(tmp_path: Path) -> None:
                 )
             )
             async with run_server(ServerConfig(extra=security.server_config())) as server:
+                admin = security.credential("admin")
+                admin_auth = (
+                    BusAuth(nkey_seed=str(files["admin"]))
+                    if mode == "nkey"
+                    else BusAuth(user=admin.user, password=admin.password)
+                )
+                async with open_bus(server.url, **admin_auth.options()) as admin_bus:
+                    await provision_team(admin_bus, Subjects(TEAM))
                 with pytest.raises(NotConnectedError):  # a refused login logs its failure
                     async with open_bus(server.url, user="a1", password="x" + a1.password):
                         pass
@@ -255,7 +468,6 @@ async def test_secrets_never_reach_logs(tmp_path: Path) -> None:
                     structlog.get_logger().info("direct", password=a1.password, seed=a1.nkey_seed)
                     async with open_bus(server.url, **client_auth.options()) as client_bus:
                         client = TeamClient(client_bus, TEAM)
-                        await ensure_team_streams(client_bus, client.subjects)
                         assert (await client.submit("hi", max_tokens=2, timeout=20)).ok
             text = buffer.getvalue()
             assert "task.done" in text and "config" in text  # the paths really logged
@@ -266,38 +478,53 @@ async def test_secrets_never_reach_logs(tmp_path: Path) -> None:
         structlog.configure(**saved)
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
-async def test_tls_passes_through(tmp_path: Path) -> None:
-    ca_key, ca, key, csr, cert = (
-        tmp_path / n for n in ("ca.key", "ca.pem", "s.key", "s.csr", "s.pem")
-    )
-    ext = tmp_path / "ext.cnf"
-    ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+async def test_plain_nats_pub_right_after_bus_up_is_kept(tmp_path: Path) -> None:
+    """The README's `nats pub` example, before any agent: `bus up --team` made the stream."""
+    port, team = free_port(), "early"
+    env = {**os.environ, "LMTEAMS_HOME": str(tmp_path / "home")}
+    bus_up = subprocess.Popen(
+        [sys.executable, "-m", "lmteams", "bus", "up", "--port", str(port), "--team", team,
+         "--store", str(tmp_path / "store")],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+    )  # fmt: skip
+    url = f"nats://127.0.0.1:{port}"
+    s = Subjects(team)
+    try:
+        assert bus_up.stdout is not None
+        stdout = bus_up.stdout
 
-    def run(*args: str) -> None:
-        subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
+        def ready() -> bool:
+            line = stdout.readline().decode()
+            assert line or bus_up.poll() is None, "bus up exited"
+            return "streams ready" in line
 
-    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(ca_key), "-out", str(ca),
-        "-days", "1", "-subj", "/CN=lmteams-test-ca")  # fmt: skip
-    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr),
-        "-subj", "/CN=localhost")  # fmt: skip
-    run("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key),
-        "-CAcreateserial", "-out", str(cert), "-days", "1", "-extfile", str(ext))  # fmt: skip
-    security = team_security(TEAM, ["a1"])
-    files = write_credentials(security, tmp_path / "creds")
-    tls = {"tls": {"cert_file": str(cert), "key_file": str(key), "timeout": 5}}
-    async with run_server(ServerConfig(extra=security.server_config() | tls)) as server:
-        auth = BusAuth(nkey_seed=str(files["admin"]), tls_ca=str(ca))
-        async with open_bus(server.url.replace("nats://", "tls://"), **auth.options()) as bus:
-            await ensure_team_streams(bus, Subjects(TEAM))
-            assert bus.nc.client_id is not None
-        with pytest.raises(NotConnectedError):  # no CA: the server's certificate is refused
-            async with open_bus(
-                server.url.replace("nats://", "tls://"),
-                nkey_seed=str(files["admin"]),
-                connect_timeout=2,
-            ):
-                pass
+        await wait_until(lambda: anyio.to_thread.run_sync(ready), timeout=60)
+        raw = await nats.connect(url)  # a plain client, as `nats pub` is
+        try:
+            task = b'{"type":"task","id":"q1","prompt":"What is 2 + 2?","max_tokens":4}'
+            headers = {"Content-Type": "application/json", "Nats-Msg-Id": "q1"}
+            await raw.publish(s.tasks, task, headers=headers)
+            await raw.flush()
+            js = raw.jetstream()
+
+            async def stored() -> bool:
+                return (await js.stream_info(s.tasks_stream)).state.messages == 1
+
+            await wait_until(stored)
+        finally:
+            await raw.close()
+        async with open_bus(url, name="a1") as agent_bus, open_runtime(agent_bus, team) as rt:
+            await rt.spawn(lambda: WorkerAgent(SIM), actor_id="a1", roles=("worker",))
+            client = TeamClient(agent_bus, team)
+
+            async def answered() -> bool:
+                found = await client.result("q1")
+                return found is not None and found.ok
+
+            await wait_until(answered, timeout=30)
+    finally:
+        bus_up.send_signal(signal.SIGTERM)
+        bus_up.communicate(timeout=60)
 
 
 @pytest.mark.slow

@@ -22,7 +22,16 @@ from anyio.abc import TaskGroup
 
 from lmteams._process import spawn, terminate
 from lmteams.agents._state import UpState, clear_state, state_dir, write_state
-from lmteams.bus import EmbeddedServer, ServerConfig, load_security, validate_token
+from lmteams.bus import (
+    BusAuth,
+    EmbeddedServer,
+    ServerConfig,
+    StreamSettings,
+    WorkQueueSettings,
+    load_security,
+    provision_team_at,
+    validate_token,
+)
 from lmteams.errors import ConfigError
 
 __all__ = ("SupervisorConfig", "AgentProcessInfo", "Supervisor", "open_supervisor")
@@ -189,6 +198,7 @@ async def open_supervisor(config: SupervisorConfig) -> AsyncIterator[Supervisor]
             await server.start()
             stack.push_async_callback(_stop_server, server)
             url = server.url
+        await _provision(config, url)
         tg = await stack.enter_async_context(anyio.create_task_group())
         supervisor = Supervisor(config, url, tg)
         write_state(
@@ -204,6 +214,23 @@ async def open_supervisor(config: SupervisorConfig) -> AsyncIterator[Supervisor]
                 await supervisor.stop()
                 clear_state(config.team)
             tg.cancel_scope.cancel()
+
+
+async def _provision(config: SupervisorConfig, url: str) -> None:
+    """Make the team's streams, consumer and buckets as the operator, before any agent
+    (on a secured bus agents may not; and tasks published meanwhile are kept)."""
+    admin = Path(config.creds_dir) / "admin.nk" if config.creds_dir else None
+    if admin is not None and not admin.is_file():
+        log.warning("up.no_admin_credential", expected=str(admin))
+        return  # the agents find what an operator made, or report that nothing is there
+    auth = BusAuth(nkey_seed=str(admin) if admin else None, tls_ca=config.tls_ca)
+    await provision_team_at(
+        url,
+        config.team,
+        streams=StreamSettings(replicas=config.replicas),
+        queue=WorkQueueSettings(ack_wait_s=config.ack_wait_s),
+        **auth.options(),
+    )
 
 
 async def _stop_server(server: EmbeddedServer) -> None:

@@ -29,6 +29,7 @@ from lmteams.bus._jetstream import (
     open_kv,
     publish_durable,
 )
+from lmteams.bus._provision import provision_team, provision_team_at
 from lmteams.bus._security import (
     ENV_NKEY_SEED,
     ENV_PASSWORD,
@@ -41,6 +42,7 @@ from lmteams.bus._security import (
     admin_permissions,
     agent_permissions,
     client_permissions,
+    identity_of,
     load_security,
     new_nkey,
     team_security,
@@ -54,7 +56,17 @@ from lmteams.bus._server import (
     free_port,
     run_server,
 )
-from lmteams.bus._subjects import ParsedSubject, SubjectKind, Subjects, validate_token
+from lmteams.bus._subjects import (
+    GOSSIP_TOPICS,
+    TASKS_CONSUMER,
+    TEAM_BUCKETS,
+    ParsedSubject,
+    SubjectKind,
+    Subjects,
+    inbox_prefix,
+    is_reply_address,
+    validate_token,
+)
 from lmteams.bus._workqueue import (
     Delivery,
     WorkQueue,
@@ -102,6 +114,11 @@ __all__ = (
     "SubjectKind",
     "ParsedSubject",
     "validate_token",
+    "inbox_prefix",
+    "is_reply_address",
+    "GOSSIP_TOPICS",
+    "TEAM_BUCKETS",
+    "TASKS_CONSUMER",
     # jetstream
     "StreamSettings",
     "ensure_team_streams",
@@ -111,6 +128,8 @@ __all__ = (
     "KV",
     "KVEntry",
     "open_kv",
+    "provision_team",
+    "provision_team_at",
     # security
     "BusAuth",
     "TeamSecurity",
@@ -123,6 +142,7 @@ __all__ = (
     "write_credentials",
     "load_security",
     "new_nkey",
+    "identity_of",
     "SECURITY_FILE",
     "ENV_NKEY_SEED",
     "ENV_USER",

@@ -33,11 +33,16 @@ from lmteams.bus._envelope import (
     SCHEMA_VERSION,
     Envelope,
     LamportClock,
+    check_envelope,
     new_id,
 )
 from lmteams.bus._fastclient import FastClient
+from lmteams.bus._security import identity_of
 from lmteams.bus._server import EmbeddedServer, ServerConfig, run_server
+from lmteams.bus._subjects import inbox_prefix as inbox_prefix_of
+from lmteams.bus._subjects import is_reply_address
 from lmteams.errors import (
+    ConfigError,
     DecodeError,
     EncodeError,
     NoRespondersError,
@@ -130,6 +135,9 @@ class Incoming(Generic[T]):
         """Reply in the caller's encoding (JSON callers get JSON), keeping its trace id."""
         msg = self.msg
         if not msg.reply:
+            return
+        if not is_reply_address(msg.reply):
+            log.warning("bus.reply_refused", subject=self.subject, reply=msg.reply[:200])
             return
         headers = msg.headers
         await self._bus.publish(
@@ -278,6 +286,7 @@ class Bus:
         """``decode`` for bytes and headers from elsewhere (JetStream deliveries, stored msgs)."""
         raw = headers.get(H_ENVELOPE) if headers else None
         if raw:
+            check_envelope(raw)  # another schema version, or a malformed header: refused
             with contextlib.suppress(ValueError):
                 self.clock.observe(int(raw[raw.rfind(" ") + 1 :]))
         try:
@@ -315,10 +324,14 @@ class Bus:
                 log.warning(
                     "bus.decode_error", subject=msg.subject, field=err.field, reason=err.reason
                 )
-                if msg.reply:
-                    await self._reply_error(msg, "decode", err.reason, field=err.field)
-                if on_decode_error is not None:
-                    await on_decode_error(msg, err)
+                try:
+                    if msg.reply:
+                        await self._reply_error(msg, "decode", err.reason, field=err.field)
+                    if on_decode_error is not None:
+                        await on_decode_error(msg, err)
+                except Exception:  # refusing one message must not end the subscription
+                    self._handler_errors += 1
+                    log.exception("bus.decode_error_handler_failed", subject=msg.subject)
                 return
             try:
                 await handler(Incoming(self, msg, body))
@@ -337,11 +350,14 @@ class Bus:
         return Subscription(sub, subject)
 
     async def _reply_error(self, msg: Msg, kind: str, message: str, *, field: str = "") -> None:
+        if not is_reply_address(msg.reply):
+            log.warning("bus.reply_refused", subject=msg.subject, reply=msg.reply[:200])
+            return
         envelope = Envelope.from_headers(msg.headers)
         with contextlib.suppress(nats.errors.ConnectionClosedError):
             await self.publish(
                 msg.reply,
-                ErrorReply(kind=kind, message=message, field=field),
+                ErrorReply(kind=kind, message=message[:1000], field=field[:300]),
                 trace=envelope.trace or None,
                 json=envelope.is_json,
             )
@@ -372,6 +388,10 @@ class Bus:
             raise NoRespondersError(f"no agent is listening on {subject}") from None
         except nats.errors.TimeoutError:
             raise RequestTimeoutError(f"no reply on {subject} within {timeout:g}s") from None
+        except nats.errors.ConnectionClosedError:
+            raise NotConnectedError(
+                f"the bus connection closed while a request on {subject} waited for its reply"
+            ) from None
         self._received += 1
         reply = self.decode(msg, _reply_codec((expect,)))
         if isinstance(reply, ErrorReply):
@@ -480,6 +500,17 @@ class _ConnectionEvents:
         self.log.warning("bus.lame_duck")
 
 
+def _own_inbox_prefix(nkey_seed: str | None, user: str | None) -> str | None:
+    """``_INBOX_<identity>`` for an identity that is one subject token, else nats-py's default
+    (a user name with a dot cannot name a prefix, and no generated credential has one)."""
+    identity = identity_of(nkey_seed=nkey_seed, user=user)
+    if identity is None:
+        return None
+    with contextlib.suppress(ConfigError):
+        return inbox_prefix_of(identity)
+    return None
+
+
 def _split_urls(url: str) -> list[str]:
     return [u.strip() for u in url.split(",") if u.strip()]
 
@@ -499,6 +530,7 @@ async def open_bus(
     connect_timeout: float = 5.0,
     max_reconnect_attempts: int = -1,
     js_domain: str | None = None,
+    inbox_prefix: str | None = None,
 ) -> AsyncIterator[Bus]:
     """Connect to NATS for the duration of the block, draining on exit.
 
@@ -506,6 +538,10 @@ async def open_bus(
     ``LMTEAMS_NATS_URL`` in the environment) lmteams starts its embedded nats-server with
     JetStream and stops it on exit. Credentials and TLS are passed through to nats-py.
     ``js_domain`` addresses a hub's JetStream from behind a leaf node.
+
+    Replies come back under ``inbox_prefix``; by default ``_INBOX_<identity>`` for a
+    connection that authenticates (its nkey's public key or its user name), so a secured
+    bus can allow each identity its own replies only (see ``TeamSecurity``).
     """
     url = url or os.environ.get(ENV_URL) or None
     async with contextlib.AsyncExitStack() as stack:
@@ -531,6 +567,9 @@ async def open_bus(
         auth = {"token": token, "user": user, "password": password, "tls": tls}
         auth |= {"nkeys_seed": nkey_seed, "user_credentials": creds}
         options |= {k: v for k, v in auth.items() if v is not None}
+        prefix = inbox_prefix or _own_inbox_prefix(nkey_seed, user)
+        if prefix:
+            options["inbox_prefix"] = prefix
         nc = FastClient()
         # nats-py retries a failing first connect without end; a user who typed a wrong URL
         # wants an error, so the first connect gets a deadline of one timeout per server.

@@ -23,7 +23,15 @@ from typing import Any
 import msgspec
 import nkeys
 
-from lmteams.bus._subjects import SubjectKind, Subjects, validate_token
+from lmteams.bus._subjects import (
+    GOSSIP_TOPICS,
+    TASKS_CONSUMER,
+    TEAM_BUCKETS,
+    SubjectKind,
+    Subjects,
+    inbox_prefix,
+    validate_token,
+)
 from lmteams.errors import ConfigError
 
 __all__ = (
@@ -38,6 +46,7 @@ __all__ = (
     "write_credentials",
     "load_security",
     "new_nkey",
+    "identity_of",
     "SECURITY_FILE",
     "ENV_NKEY_SEED",
     "ENV_USER",
@@ -67,8 +76,13 @@ class Credential(msgspec.Struct, frozen=True, kw_only=True):
     password: str = ""  # password users (secret)
 
     def __repr__(self) -> str:
-        who = self.public_key or self.user
+        who = self.identity
         return f"Credential(name={self.name!r}, role={self.role.value!r}, id={who!r}, ***)"
+
+    @property
+    def identity(self) -> str:
+        """What the server knows this user by, and what names its inbox prefix."""
+        return self.public_key or self.user
 
     __str__ = __repr__
 
@@ -80,35 +94,105 @@ def new_nkey() -> tuple[str, str]:
     return seed.decode(), public.decode()
 
 
-def _jetstream_api(subjects: Subjects, *, consumer: bool, create: bool) -> list[str]:
-    """The JetStream API subjects a member of the team needs, narrowed to the team's streams."""
+def identity_of(*, nkey_seed: str | None = None, user: str | None = None) -> str | None:
+    """The identity a connection authenticates as (an nkey's public key, or the user name),
+    which names its inbox prefix; None when it presents neither.
+
+    ``nkey_seed`` is the path of a seed file, as ``open_bus`` takes it.
+    """
+    if nkey_seed:
+        try:
+            seed = Path(nkey_seed).expanduser().read_bytes().strip()
+            return str(nkeys.from_seed(bytearray(seed)).public_key.decode())
+        except (OSError, nkeys.NkeysError, ValueError) as exc:
+            raise ConfigError(f"cannot read the nkey seed in {nkey_seed}: {exc}") from exc
+    if user:
+        return user
+    return None
+
+
+# JetStream API verbs that change or destroy state: never granted to agents or clients,
+# and denied explicitly so that a later, wider allow cannot hand them out by accident
+_DESTRUCTIVE = (
+    "$JS.API.STREAM.CREATE.>",
+    "$JS.API.STREAM.UPDATE.>",
+    "$JS.API.STREAM.DELETE.>",
+    "$JS.API.STREAM.PURGE.>",
+    "$JS.API.STREAM.MSG.DELETE.>",
+    "$JS.API.STREAM.SNAPSHOT.>",
+    "$JS.API.STREAM.RESTORE.>",
+    "$JS.API.STREAM.PEER.>",
+    "$JS.API.STREAM.LEADER.>",
+    "$JS.API.CONSUMER.DELETE.>",
+    "$JS.API.CONSUMER.PAUSE.>",
+    "$JS.API.CONSUMER.RESET.>",
+    "$JS.API.CONSUMER.LEADER.>",
+    "$JS.API.CONSUMER.DURABLE.>",
+    "$JS.API.META.>",
+    "$JS.API.ACCOUNT.>",
+    "$JS.API.SERVER.>",
+)
+
+
+def _stream_reads(stream: str) -> list[str]:
+    """Read one stored message (``get_last_msg``, KV ``get``): both API forms, read only."""
+    return [
+        f"$JS.API.STREAM.INFO.{stream}",
+        f"$JS.API.STREAM.MSG.GET.{stream}",
+        f"$JS.API.DIRECT.GET.{stream}",
+        f"$JS.API.DIRECT.GET.{stream}.>",
+    ]
+
+
+def _team_streams(subjects: Subjects) -> list[str]:
+    """What ``ensure_team_streams`` needs to find the operator's streams: INFO, never CREATE."""
     streams = (subjects.tasks_stream, subjects.results_stream, subjects.dead_stream)
-    allow = ["$JS.API.INFO"]
-    verbs = ("INFO", "CREATE", "UPDATE") if create else ("INFO",)
-    allow += [f"$JS.API.STREAM.{verb}.{s}" for verb in verbs for s in streams]
-    allow += [f"$JS.API.STREAM.MSG.GET.{subjects.results_stream}"]
-    allow += [f"$JS.API.DIRECT.GET.{subjects.results_stream}.>"]
-    allow += [f"$JS.API.DIRECT.GET.{subjects.results_stream}"]
-    if consumer:
-        tasks = subjects.tasks_stream
-        allow += [
-            f"$JS.API.CONSUMER.INFO.{tasks}.>",
-            f"$JS.API.CONSUMER.CREATE.{tasks}.>",
-            f"$JS.API.CONSUMER.DURABLE.CREATE.{tasks}.>",
-            f"$JS.API.CONSUMER.MSG.NEXT.{tasks}.>",
-            f"$JS.ACK.{tasks}.>",
-        ]
+    return ["$JS.API.INFO", *(f"$JS.API.STREAM.INFO.{s}" for s in streams)]
+
+
+def _work_queue(subjects: Subjects) -> list[str]:
+    """Pull tasks from the team's shared consumer and settle them; no consumer may be made,
+    changed or deleted (a new consumer on a work queue would steal tasks)."""
+    tasks, durable = subjects.tasks_stream, TASKS_CONSUMER
+    return [
+        f"$JS.API.CONSUMER.INFO.{tasks}.{durable}",
+        f"$JS.API.CONSUMER.MSG.NEXT.{tasks}.{durable}",
+        f"$JS.ACK.{tasks}.>",
+    ]
+
+
+def _kv_buckets(subjects: Subjects) -> list[str]:
+    """The team's KV buckets as nats-py's ``KeyValue`` uses them.
+
+    ``key_value()`` reads the stream's info; ``get`` is a (direct) message get; ``create``,
+    ``update``, ``put`` and ``delete`` are publishes on ``$KV.<bucket>.<key>``; ``keys`` and
+    ``watch`` make an ephemeral ordered consumer and read its info. Creating or deleting a
+    bucket is not here.
+    """
+    allow: list[str] = []
+    for name in TEAM_BUCKETS:
+        bucket = subjects.kv_bucket(name)
+        stream = f"KV_{bucket}"
+        allow += [f"$KV.{bucket}.>", *_stream_reads(stream)]
+        allow += [f"$JS.API.CONSUMER.CREATE.{stream}", f"$JS.API.CONSUMER.CREATE.{stream}.>"]
+        allow += [f"$JS.API.CONSUMER.INFO.{stream}.>"]
     return allow
 
 
-def agent_permissions(subjects: Subjects, agent: str) -> dict[str, Any]:
+def _own_inbox(identity: str) -> str:
+    return f"{inbox_prefix(identity)}.>"
+
+
+def agent_permissions(subjects: Subjects, agent: str, *, identity: str = "") -> dict[str, Any]:
     """What agent ``agent`` may do: serve its inbox, roles and control; publish results.
 
-    Everything not listed is refused. Publishing on control subjects is also denied
-    explicitly (a deny wins over any allow), so a later, wider allow cannot hand an agent
-    the power to stop its peers. Subscriptions allow only the agent's own control subject.
+    Everything not listed is refused. Publishing on control subjects and every JetStream
+    verb that changes a stream or consumer are also denied explicitly (a deny wins over any
+    allow). Subscriptions allow only the agent's own inbox, control and SWIM subjects and
+    its own reply prefix; replies to others' requests go through ``allow_responses``.
     """
     validate_token(agent, "agent name")
+    gossip = [subjects.gossip(t) for t in GOSSIP_TOPICS]
     return {
         "publish": {
             "allow": [
@@ -116,44 +200,63 @@ def agent_permissions(subjects: Subjects, agent: str) -> dict[str, Any]:
                 subjects.all(SubjectKind.PROGRESS),
                 subjects.all(SubjectKind.GOSSIP),
                 subjects.all(SubjectKind.DEAD),
+                subjects.all(SubjectKind.VOTE),
                 subjects.all(SubjectKind.AGENT),  # asks to peers
                 subjects.all(SubjectKind.ROLE),
-                *_jetstream_api(subjects, consumer=True, create=True),
+                *_team_streams(subjects),
+                *_stream_reads(subjects.results_stream),  # "already answered?" before work
+                *_work_queue(subjects),
+                *_kv_buckets(subjects),
             ],
-            "deny": [subjects.all(SubjectKind.CONTROL)],
+            "deny": [subjects.all(SubjectKind.CONTROL), *_DESTRUCTIVE],
         },
         "subscribe": {
             "allow": [
                 subjects.agent(agent),
                 subjects.all(SubjectKind.ROLE),
                 subjects.control(agent),
-                subjects.all(SubjectKind.GOSSIP),
-                "_INBOX.>",
+                *gossip,
+                subjects.gossip_member(agent),
+                subjects.gossip_seed,
+                subjects.all(SubjectKind.VOTE),
+                _own_inbox(identity or agent),
             ],
         },
-        "allow_responses": True,  # replies to asks, whatever the asker's inbox
+        "allow_responses": True,  # replies to asks and SWIM probes, whatever the asker's inbox
     }
 
 
-def client_permissions(subjects: Subjects) -> dict[str, Any]:
-    """What a client may do: submit tasks, read results and progress, nothing of agents."""
+def client_permissions(subjects: Subjects, *, identity: str = "client") -> dict[str, Any]:
+    """What a client may do: submit tasks, read results and progress, nothing of agents.
+
+    A client never sees another client's prompts: it may not subscribe to the tasks
+    subject, read the tasks stream, pull from its consumer or listen on any inbox but its
+    own (the agents' inboxes carry the task bodies they pull).
+    """
     return {
         "publish": {
-            "allow": [subjects.tasks, *_jetstream_api(subjects, consumer=False, create=True)],
+            "allow": [
+                subjects.tasks,
+                subjects.gossip_seed,  # `lmteams status` asks a member for its view
+                *_team_streams(subjects),
+                *_stream_reads(subjects.results_stream),
+            ],
+            "deny": [*_DESTRUCTIVE],
         },
         "subscribe": {
             "allow": [
                 subjects.all(SubjectKind.RESULTS),
                 subjects.all(SubjectKind.PROGRESS),
-                subjects.all(SubjectKind.GOSSIP),
-                "_INBOX.>",
+                *(subjects.gossip(t) for t in GOSSIP_TOPICS),
+                _own_inbox(identity),
             ],
         },
     }
 
 
 def admin_permissions() -> dict[str, Any]:
-    """The operator (``lmteams up``, ``lmteams down``, tests): everything."""
+    """The operator (``lmteams up``, ``lmteams bus up --team``, tests): everything,
+    including creating the team's streams, consumer and buckets."""
     return {"publish": {"allow": [">"]}, "subscribe": {"allow": [">"]}}
 
 
@@ -178,9 +281,9 @@ class TeamSecurity(msgspec.Struct, frozen=True, kw_only=True):
     def permissions(self, cred: Credential) -> dict[str, Any]:
         subjects = Subjects(self.team)
         if cred.role is Role.AGENT:
-            return agent_permissions(subjects, cred.name)
+            return agent_permissions(subjects, cred.name, identity=cred.identity)
         if cred.role is Role.CLIENT:
-            return client_permissions(subjects)
+            return client_permissions(subjects, identity=cred.identity)
         return admin_permissions()
 
     def server_config(self) -> dict[str, Any]:

@@ -13,10 +13,40 @@ import msgspec
 
 from lmteams.errors import ConfigError
 
-__all__ = ("Subjects", "SubjectKind", "ParsedSubject", "validate_token")
+__all__ = (
+    "Subjects",
+    "SubjectKind",
+    "ParsedSubject",
+    "validate_token",
+    "inbox_prefix",
+    "is_reply_address",
+    "GOSSIP_TOPICS",
+    "TEAM_BUCKETS",
+    "TASKS_CONSUMER",
+)
 
 PREFIX = "lmt"
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+_INBOX = "_INBOX"
+
+GOSSIP_TOPICS = ("join", "heartbeat", "leave")
+"""The announcement topics under ``lmt.<team>.gossip.`` (SWIM traffic has its own two)."""
+
+TEAM_BUCKETS = ("leases", "state", "claims")
+"""KV buckets agents read and write: election leases, fenced leader state, claims."""
+
+TASKS_CONSUMER = "workers"
+"""The durable pull consumer on the tasks stream that every agent of a team shares."""
+
+
+def is_reply_address(subject: str) -> bool:
+    """Whether an agent may answer a request on ``subject``.
+
+    A request names its own reply subject, so an outsider could point an agent's reply at a
+    team subject (a task's result subject, stored by the results stream) or at the server's
+    API. Replies go to inboxes; never into the team tree or to ``$``-subjects.
+    """
+    return bool(subject) and not subject.startswith((f"{PREFIX}.", "$"))
 
 
 def validate_token(value: str, what: str) -> str:
@@ -27,6 +57,16 @@ def validate_token(value: str, what: str) -> str:
             "(no dots, spaces or wildcards: it becomes one NATS subject token)"
         )
     return value
+
+
+def inbox_prefix(identity: str) -> str:
+    """The reply-subject prefix of one bus identity, ``_INBOX_<identity>``.
+
+    nats-py puts every reply (requests, JetStream API answers, pull deliveries) under its
+    inbox prefix; one prefix per identity lets a secured bus allow each user only its own
+    replies, where the shared ``_INBOX.>`` would let any client read every agent's tasks.
+    """
+    return f"{_INBOX}_{validate_token(identity, 'inbox identity')}"
 
 
 class SubjectKind(StrEnum):
@@ -41,6 +81,7 @@ class SubjectKind(StrEnum):
     CONTROL = "control"
     DEAD = "dead"
     VOTE = "vote"
+    STUDY = "study"
 
 
 class ParsedSubject(msgspec.Struct, frozen=True, kw_only=True):
@@ -102,6 +143,10 @@ class Subjects(msgspec.Struct, frozen=True):
     def vote(self, task_id: str) -> str:
         """Where agents broadcast their signed votes on a task, so conflicting ones show."""
         return f"{self.root}.vote.{validate_token(task_id, 'task id')}"
+
+    def study(self, run_id: str) -> str:
+        """Where the agents of one decentralized study run tell each other about claims."""
+        return f"{self.root}.study.{validate_token(run_id, 'study run id')}"
 
     def dead(self, reason: str) -> str:
         return f"{self.root}.dead.{validate_token(reason, 'dead-letter reason')}"
