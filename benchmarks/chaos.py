@@ -15,6 +15,11 @@ missed while it was reconnecting (core NATS is at-most-once; the stream is the r
   election carries the same id and is counted apart, as ``retransmits``.
 - ``redelivered``: tasks whose result says JetStream handed them out more than once.
 - ``faults``: agent kills plus node kills.
+- ``hostile_inputs``: messages an outsider could publish (random bytes, malformed and deeply
+  nested bodies, hostile ids and values, wrong ``Lmt`` headers and content types; see
+  ``_hostile.py``) sent on the tasks subject, inboxes, role, control, gossip and vote subjects
+  while the run goes on; ``restarts_from_input`` are agent restarts beyond the kills (each
+  kill -9 costs exactly one restart), the target 0.
 
 Caveats: a 2-core shared VM; timings vary run to run, the counts are the point, not the speed.
 
@@ -41,6 +46,7 @@ import msgspec
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import machine, parse_spec, quiet_logs
+from _hostile import hostile_inputs
 from lmteams.agents import (
     AgentInfo,
     Result,
@@ -82,6 +88,7 @@ class ChaosSpec(msgspec.Struct, frozen=True, kw_only=True):
     sim_device: str = "cpu-x86"  # ~0.1 s a task: kills often land on a task in flight
     settle_timeout_s: float = 90.0  # after the last fault, time for every task to finish
     seed: int = 1
+    hostile_rate: float = 50.0  # hostile messages per second while tasks are published
 
 
 class ResultLedger:
@@ -255,6 +262,25 @@ async def inject_faults(
     return counts
 
 
+async def publish_hostile(
+    bus: Bus, subjects: Subjects, agents: list[str], spec: ChaosSpec, done: anyio.Event
+) -> int:
+    """Hostile input at ``hostile_rate`` until ``done``; returns how many the server took."""
+    sent = 0
+    if spec.hostile_rate <= 0:
+        return 0
+    for subject, body, headers in hostile_inputs(subjects, agents, seed=spec.seed):
+        if done.is_set():
+            return sent
+        try:
+            await bus.nc.publish(subject, body, headers=headers or None)
+            sent += 1
+        except Exception:  # a node is down and the client is reconnecting: skip this one
+            await anyio.sleep(0.1)
+        await anyio.sleep(1.0 / spec.hostile_rate)
+    return sent
+
+
 async def settle(
     bus: Bus, subjects: Subjects, ledger: ResultLedger, task_ids: list[str], timeout: float
 ) -> None:
@@ -281,19 +307,27 @@ async def chaos_run(spec: ChaosSpec, *, base_dir: Path | None = None) -> dict[st
             task_ids = [f"c{i:06d}" for i in range(spec.tasks)]
             span = spec.tasks / spec.publish_rate if spec.publish_rate > 0 else 5.0
             faults: dict[str, int] = {}
-            sent = 0
+            sent = hostile = 0
+            published = anyio.Event()
+            agents = [p.name for p in sup.processes()]
 
             async def publisher() -> None:
                 nonlocal sent
                 sent = await publish_all(
                     bus, subjects, task_ids, rate=spec.publish_rate, max_tokens=spec.max_tokens
                 )
+                published.set()
+
+            async def attacker() -> None:
+                nonlocal hostile
+                hostile = await publish_hostile(bus, subjects, agents, spec, published)
 
             async def chaos() -> None:
                 faults.update(await inject_faults(spec, cluster, sup, max(span, 3.0)))
 
             async with anyio.create_task_group() as tg:
                 tg.start_soon(publisher)
+                tg.start_soon(attacker)
                 tg.start_soon(chaos)
             await settle(bus, subjects, ledger, task_ids, spec.settle_timeout_s)
             counts = ledger.counts(task_ids)
@@ -308,6 +342,8 @@ async def chaos_run(spec: ChaosSpec, *, base_dir: Path | None = None) -> dict[st
         "faults": faults.get("agent_kills", 0) + faults.get("node_kills", 0),
         **faults,
         "agent_restarts": restarts,
+        "hostile_inputs": hostile,
+        "restarts_from_input": max(0, restarts - faults.get("agent_kills", 0)),
         "tasks_left_in_queue": info.state.messages,
         "elapsed_s": round(time.monotonic() - started, 1),
     }
@@ -322,7 +358,8 @@ def main() -> None:
         f"sent={report['sent']} answered={report['answered']} lost={report['lost']} "
         f"duplicated={report['duplicated']} redelivered={report['redelivered']} "
         f"faults={report['faults']} ({report['agent_kills']} agents, "
-        f"{report['node_kills']} nodes) in {report['elapsed_s']}s"
+        f"{report['node_kills']} nodes) hostile_inputs={report['hostile_inputs']} "
+        f"restarts_from_input={report['restarts_from_input']} in {report['elapsed_s']}s"
     )
     print(json.dumps({**report, "spec": msgspec.to_builtins(spec), "machine": machine()}))
 

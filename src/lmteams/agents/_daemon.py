@@ -16,7 +16,8 @@ import msgspec
 import structlog
 
 from lmteams.agents._messages import Cancel, Stop
-from lmteams.agents._runtime import ActorState, open_runtime
+from lmteams.agents._runtime import ActorState, dead_letter, open_runtime
+from lmteams.agents._strategy import load_strategies
 from lmteams.agents._worker import WorkerAgent, WorkerConfig
 from lmteams.bus import Bus, BusAuth, Codec, Incoming, open_bus, validate_token
 
@@ -44,6 +45,7 @@ async def run_daemon(config: DaemonConfig, *, services: Sequence[Service] = ()) 
     """Serve until told to stop; return the process exit code."""
     validate_token(config.team, "team name")
     validate_token(config.name, "agent name")
+    load_strategies()  # vote, weighted, debate, quorum: registered by the daemon, not by imports
     async with (
         open_bus(config.nats_url, name=config.name, **config.auth.options()) as bus,
         open_runtime(bus, config.team) as runtime,
@@ -57,7 +59,15 @@ async def run_daemon(config: DaemonConfig, *, services: Sequence[Service] = ()) 
                 stop.set()
 
         control: Codec[Stop | Cancel] = Codec(Stop, Cancel)
-        await bus.subscribe(runtime.subjects.control(config.name), on_control, codec=control)
+        await bus.subscribe(
+            runtime.subjects.control(config.name),
+            on_control,
+            codec=control,
+            # the worker listens here too; one dead letter per refused control message
+            on_decode_error=lambda msg, err: dead_letter(
+                bus, runtime.subjects, msg, "decode", str(err)
+            ),
+        )
         await runtime.spawn(
             lambda: WorkerAgent(config.worker),
             actor_id=config.name,

@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 
 import msgspec
+
+from lmteams.errors import DecodeError
 
 __all__ = (
     "Envelope",
     "LamportClock",
     "new_id",
+    "check_envelope",
     "SCHEMA_VERSION",
     "MSGPACK",
     "JSON",
@@ -36,17 +40,63 @@ H_CONTENT_TYPE = "Content-Type"  # sent only for JSON; MessagePack is the defaul
 H_MSG_ID = "Nats-Msg-Id"  # JetStream's dedupe key, sent only on durable publishes
 _FIELDS = 6
 
-_PID_PREFIX = f"{os.getpid():x}{os.urandom(4).hex()}"
-_counter = itertools.count()
+# what a well-formed header of this version looks like: a tag, an id, a sender and a trace
+# without spaces, and a Lamport clock that fits in 64 bits
+_WELL_FORMED = re.compile(rf"{SCHEMA_VERSION} [^ ]+ [^ ]+ [^ ]+ [^ ]+ [0-9]{{1,19}}")
+_SCHEMA_NUMBER = re.compile(r"[0-9]{1,9}")
+
+
+class _Ids:
+    """The per-process id prefix and counter, in one object a forked child can re-seed."""
+
+    __slots__ = ("counter", "prefix")
+
+    def __init__(self) -> None:
+        self.reseed()
+
+    def reseed(self) -> None:
+        self.prefix = f"{os.getpid():x}{os.urandom(4).hex()}"
+        self.counter = itertools.count()
+
+
+_ids = _Ids()
+# A forked child inherits the parent's prefix and counter: without a new prefix its ids
+# (task ids, ``Nats-Msg-Id``) would repeat the parent's and JetStream would drop them as
+# duplicates.
+os.register_at_fork(after_in_child=_ids.reseed)
 
 
 def new_id() -> str:
     """A process-unique, roughly sortable id; cheap enough for every message.
 
     uuid4 costs a syscall-backed random read per call; a random per-process prefix plus a
-    counter is unique across processes and one order of magnitude faster on the hot path.
+    counter is unique across processes (forked children re-seed) and one order of magnitude
+    faster on the hot path.
     """
-    return f"{_PID_PREFIX}{next(_counter):x}"
+    return f"{_ids.prefix}{next(_ids.counter):x}"
+
+
+def check_envelope(raw: str) -> None:
+    """Refuse an ``Lmt`` header this agent cannot read: another schema version, or malformed.
+
+    Called for every received message, so the common case is one regular-expression match.
+    The error names the header (``Lmt``) where body errors name a JSON path.
+    """
+    if _WELL_FORMED.fullmatch(raw):
+        return
+    fields = raw.split(" ")
+    if not _SCHEMA_NUMBER.fullmatch(fields[0]):
+        schema = fields[0][:20]
+        reason = f"malformed {H_ENVELOPE} header: the schema version {schema!r} is not a number"
+    elif int(fields[0]) != SCHEMA_VERSION:
+        reason = f"unsupported schema version {int(fields[0])}, this agent speaks {SCHEMA_VERSION}"
+    else:
+        reason = (
+            f"malformed {H_ENVELOPE} header: expected {_FIELDS} space-separated fields "
+            "'<schema> <type> <id> <sender> <trace> <clock>' with a numeric clock, "
+            f"got {raw[:80]!r}"
+        )
+    raise DecodeError(reason, field=H_ENVELOPE)
 
 
 class Envelope(msgspec.Struct, frozen=True, kw_only=True):

@@ -22,7 +22,7 @@ import structlog
 from anyio.abc import TaskStatus
 
 from lmteams.bus import KV, Bus, Subjects, open_kv, validate_token
-from lmteams.errors import BusError, FencedOutError, RevisionMismatchError
+from lmteams.errors import BusError, ConfigError, FencedOutError, RevisionMismatchError
 
 __all__ = ("LeaderElection", "FencedStore", "Leadership")
 
@@ -103,7 +103,7 @@ class LeaderElection:
             except RevisionMismatchError:
                 entry = await self._kv.get(self.role)
                 self._announce(
-                    entry.value.decode() if entry else "", entry.revision if entry else 0
+                    _holder(entry.value) if entry else "", entry.revision if entry else 0
                 )
             except BusError as err:
                 log.warning("election.error", error=str(err))
@@ -115,6 +115,19 @@ class LeaderElection:
             with contextlib.suppress(RevisionMismatchError, BusError):
                 await self._kv.delete(self.role, revision=self.token)
             self._announce("", 0)
+
+
+def _holder(value: bytes) -> str:
+    """The lease holder a KV entry names; anything else that wrote the key names nobody.
+
+    Who holds the lease is decided by the create and compare-and-set outcomes, never by
+    this name, so a stranger's bytes in the key must not crash the candidate either.
+    """
+    try:
+        return validate_token(value.decode(), "candidate")
+    except (UnicodeDecodeError, ConfigError):
+        log.warning("election.foreign_value", size=len(value))
+        return ""
 
 
 class _Fenced(msgspec.Struct, frozen=True):

@@ -20,10 +20,11 @@ from lmteams.agents import (
     Result,
     StrategyContext,
     Task,
+    dead_letter,
     verify_vote,
     vote_payload,
 )
-from lmteams.bus import Codec, Incoming
+from lmteams.bus import Codec, Incoming, RawMsg
 from lmteams.consensus._fanout import (
     as_agent_answer,
     ask_all,
@@ -33,10 +34,13 @@ from lmteams.consensus._fanout import (
 )
 from lmteams.consensus._normalize import normalizer
 from lmteams.consensus._tally import plurality
+from lmteams.errors import DecodeError
 
 __all__ = ("QuorumStrategy", "faults_tolerated", "verify_quorum")
 
 _VOTES: Codec[Answer] = Codec(Answer)
+MAX_BROADCAST = 1024
+"""Broadcast votes kept per task; honest agents send one each, forgers no more than this."""
 BROADCAST_GRACE_S = 0.3
 """After the last reply, how long broadcast votes may still arrive to reveal equivocation."""
 
@@ -71,9 +75,15 @@ class QuorumStrategy:
         broadcast: list[Answer] = []
 
         async def on_vote(inc: Incoming[Answer]) -> None:
-            broadcast.append(inc.body)
+            if len(broadcast) < MAX_BROADCAST:  # anyone may publish here: bounded, not a sink
+                broadcast.append(inc.body)
 
-        sub = await ctx.bus.subscribe(ctx.subjects.vote(task.id), on_vote, codec=_VOTES)
+        async def on_bad_vote(msg: RawMsg, err: DecodeError) -> None:
+            await dead_letter(ctx.bus, ctx.subjects, msg, "decode", str(err))
+
+        sub = await ctx.bus.subscribe(
+            ctx.subjects.vote(task.id), on_vote, codec=_VOTES, on_decode_error=on_bad_vote
+        )
         try:
             replies = await ask_all(ctx, agents, lambda a: prompt_for(task, a, sign=True))
             await anyio.sleep(BROADCAST_GRACE_S)

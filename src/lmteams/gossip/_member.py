@@ -36,11 +36,13 @@ import structlog
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from lmteams.bus import Bus, Codec, Incoming, Subjects, Subscription
-from lmteams.errors import BusError, RemoteError
+from lmteams.agents import dead_letter
+from lmteams.bus import Bus, Codec, Incoming, RawMsg, Subjects, Subscription
+from lmteams.errors import BusError, DecodeError, RemoteError
 from lmteams.gossip._broadcast import BroadcastQueue
 from lmteams.gossip._config import SwimConfig
 from lmteams.gossip._messages import (
+    MAX_INCARNATION,
     Ack,
     InboxMessage,
     MemberState,
@@ -100,6 +102,10 @@ class GossipStatistics(msgspec.Struct, frozen=True, kw_only=True):
     updates_sent: int
     queued_updates: int
     events_dropped: int
+    refused: int = 0
+    """Messages refused before they reached the table: undecodable or out of bounds."""
+    faults: int = 0
+    """Protocol rounds or background steps that raised (logged, and the member went on)."""
 
 
 class SwimMember:
@@ -152,6 +158,8 @@ class SwimMember:
                 "refutations",
                 "updates",
                 "dropped",
+                "refused",
+                "faults",
             ),
             0,
         )
@@ -250,6 +258,8 @@ class SwimMember:
             updates_sent=c["updates"],
             queued_updates=len(self._queue),
             events_dropped=c["dropped"],
+            refused=c["refused"],
+            faults=c["faults"],
         )
 
     async def leave(self, timeout: float | None = None) -> None:
@@ -283,14 +293,20 @@ class SwimMember:
     async def _start(self, tg: TaskGroup) -> None:
         self._tg = tg
         self._subscriptions.append(
-            await self.bus.subscribe(self.inbox, self._on_inbox, codec=_INBOX)
+            await self.bus.subscribe(
+                self.inbox, self._on_inbox, codec=_INBOX, on_decode_error=self._on_refused
+            )
         )
         # join through any current member before joining the seed group, so the first
         # request cannot be routed back to ourselves
         await self._sync(self.subjects.gossip_seed, timeout=self.config.period_s)
         self._subscriptions.append(
             await self.bus.subscribe(
-                self.subjects.gossip_seed, self._on_seed, codec=_SEED, queue="swim-seed"
+                self.subjects.gossip_seed,
+                self._on_seed,
+                codec=_SEED,
+                queue="swim-seed",
+                on_decode_error=self._on_refused,
             )
         )
         self._log.info("gossip.joined", members=len(self._table))
@@ -314,21 +330,45 @@ class SwimMember:
             self._suspicions.defer(start - due)
             due = start + period
             self._c["periods"] += 1
-            self._expire_suspicions(start)
-            if self._alone():
-                self._spawn(self._sync, self.subjects.gossip_seed, period)
-            elif random.random() * self.config.sync_every < 1.0:
-                # at random rather than every k-th period: members started together must
-                # not all push their whole table in the same period
-                peer = self._random_peers(1)
-                if peer:
-                    self._spawn(self._sync, self.subjects.gossip_member(peer[0]), period)
-            await self._probe_round()
+            await self._guarded(self._round, period)
             await anyio.sleep(max(0.0, due - anyio.current_time()))
+
+    async def _round(self, period: float) -> None:
+        self._expire_suspicions(anyio.current_time())
+        if self._alone():
+            self._spawn(self._sync, self.subjects.gossip_seed, period)
+        elif random.random() * self.config.sync_every < 1.0:
+            # at random rather than every k-th period: members started together must
+            # not all push their whole table in the same period
+            peer = self._random_peers(1)
+            if peer:
+                self._spawn(self._sync, self.subjects.gossip_member(peer[0]), period)
+        await self._probe_round()
 
     def _spawn(self, fn: Callable[[*Ts], Coroutine[Any, Any, None]], *args: *Ts) -> None:
         if self._tg is not None:
-            self._tg.start_soon(fn, *args)
+            self._tg.start_soon(self._guarded, fn, *args)
+
+    async def _guarded(self, fn: Callable[[*Ts], Coroutine[Any, Any, None]], *args: *Ts) -> None:
+        """Run one round or background step; a fault fails that step, never the member.
+
+        Everything a peer sends is validated when decoded, so a fault here is a bug: it is
+        logged with its traceback and counted, and the member keeps probing and answering.
+        """
+        try:
+            await fn(*args)
+        except Exception:
+            self._c["faults"] += 1
+            self._log.exception("gossip.fault", step=getattr(fn, "__name__", "step"))
+
+    async def _on_refused(self, msg: RawMsg, err: DecodeError) -> None:
+        """A message that failed validation: counted and kept as a dead letter with why.
+
+        The bus has already logged it and answered a request with the error.
+        """
+        self._c["refused"] += 1
+        with contextlib.suppress(BusError):
+            await dead_letter(self.bus, self.subjects, msg, "gossip", str(err))
 
     # --- probing -----------------------------------------------------------------------------
     async def _probe_round(self) -> None:
@@ -520,7 +560,7 @@ class SwimMember:
             return
         bump = refute = False
         if update.state is not MemberState.ALIVE and update.incarnation >= self._incarnation:
-            self._incarnation = update.incarnation + 1
+            self._incarnation = min(update.incarnation + 1, MAX_INCARNATION)
             self._c["refutations"] += 1
             self._log.info(
                 "gossip.refute", accused=update.state.value, incarnation=self._incarnation
@@ -534,7 +574,7 @@ class SwimMember:
             or (update.version == self._version and update.meta != self._meta)
         )
         if newer_map:  # a former life of ours wrote later versions: write past them
-            self._version = update.version + 1
+            self._version = min(update.version + 1, MAX_INCARNATION)
             bump = True
         if bump:
             self._publish_own()

@@ -4,11 +4,17 @@ Every protocol message carries the sender's incarnation and a bounded list of pi
 ``Update`` records, so dissemination costs no messages of its own. Tags are prefixed
 ``swim_`` because the agents layer already has a ``ping`` on other subjects; a reader of a
 ``lmt.<team>.gossip.>`` capture can tell them apart.
+
+Anyone on the bus can publish on a member's inbox, so the wire types carry their limits
+(``msgspec.Meta``): a member name that is not one subject token, an incarnation that would
+overflow when refuted, or a map or update list of unbounded size fails decoding, and the
+message is refused before any of it reaches the table.
 """
 
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Annotated
 
 import msgspec
 
@@ -22,10 +28,23 @@ __all__ = (
     "Sync",
     "SyncState",
     "InboxMessage",
+    "MAX_INCARNATION",
 )
 
-MetaValue = str | float
+MAX_INCARNATION = 2**53
+"""Incarnations and versions go no higher (a refutation past it stays at it): every value
+must still encode, and stay exact for JSON readers."""
+
+MemberName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,128}$")]
+"""A member id: one NATS subject token, as ``Subjects.gossip_member`` requires."""
+SenderName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{0,128}$")]
+"""A sender: a member id, or empty for an observer (``lmteams status``)."""
+Counter = Annotated[int, msgspec.Meta(ge=0, le=MAX_INCARNATION)]
+MetaKey = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+
+MetaValue = Annotated[str, msgspec.Meta(max_length=1024)] | float
 """A value in a member's gossiped map: a label (device, model) or a number (load)."""
+Meta = Annotated[dict[MetaKey, MetaValue], msgspec.Meta(max_length=64)]
 
 
 class MemberState(StrEnum):
@@ -56,37 +75,41 @@ class Update(msgspec.Struct, frozen=True, kw_only=True):
     change is the map); ``None`` means this update says nothing about the map.
     """
 
-    member: str
+    member: MemberName
     state: MemberState
-    incarnation: int
-    version: int = 0
-    meta: dict[str, MetaValue] | None = None
+    incarnation: Counter
+    version: Counter = 0
+    meta: Meta | None = None
+
+
+MAX_UPDATES = 4096  # a whole table in a sync: far above any team lmteams runs
+Updates = Annotated[tuple[Update, ...], msgspec.Meta(max_length=MAX_UPDATES)]
 
 
 class Ping(msgspec.Struct, frozen=True, kw_only=True, tag="swim_ping"):
     """A direct probe, sent as a request to the target's inbox; answered by ``Ack``."""
 
-    sender: str
-    incarnation: int
-    updates: tuple[Update, ...] = ()
+    sender: SenderName
+    incarnation: Counter
+    updates: Updates = ()
 
 
 class PingReq(msgspec.Struct, frozen=True, kw_only=True, tag="swim_ping_req"):
     """Ask a member to probe ``target`` for the sender; answered by ``Ack`` only on success."""
 
-    sender: str
-    incarnation: int
-    target: str
-    updates: tuple[Update, ...] = ()
+    sender: SenderName
+    incarnation: Counter
+    target: MemberName
+    updates: Updates = ()
 
 
 class Ack(msgspec.Struct, frozen=True, kw_only=True, tag="swim_ack"):
     """Proof of life: from the target itself, or relayed for a ``PingReq``."""
 
-    sender: str
-    incarnation: int
-    target: str = ""  # the member that answered (differs from sender when relayed)
-    updates: tuple[Update, ...] = ()
+    sender: SenderName
+    incarnation: Counter
+    target: SenderName = ""  # the member that answered (differs from sender when relayed)
+    updates: Updates = ()
 
 
 class Sync(msgspec.Struct, frozen=True, kw_only=True, tag="swim_sync"):
@@ -96,18 +119,18 @@ class Sync(msgspec.Struct, frozen=True, kw_only=True, tag="swim_sync"):
     every few periods. An ``observer`` (``lmteams status``) pushes nothing and is not added.
     """
 
-    sender: str
-    incarnation: int
-    members: tuple[Update, ...] = ()
+    sender: SenderName
+    incarnation: Counter
+    members: Updates = ()
     observer: bool = False
 
 
 class SyncState(msgspec.Struct, frozen=True, kw_only=True, tag="swim_state"):
     """The reply to a ``Sync``: everything the responder knows, maps included."""
 
-    sender: str
-    incarnation: int
-    members: tuple[Update, ...] = ()
+    sender: SenderName
+    incarnation: Counter
+    members: Updates = ()
 
 
 InboxMessage = Ping | PingReq | Sync
