@@ -115,24 +115,30 @@ async def test_plain_nats_client_speaks_json(bus: Bus) -> None:
     assert msg.headers is not None and msg.headers["Content-Type"] == "application/json"
 
 
-async def test_malformed_task_gets_error_result_and_dead_letter(bus: Bus) -> None:
+async def test_malformed_task_is_told_to_its_inbox_and_dead_lettered(bus: Bus) -> None:
     s = Subjects(TEAM)
+    body = b'{"type": "task", "id": "bad-1", "prompt": 42}'
     async with open_runtime(bus, TEAM) as rt:
-        await rt.spawn(SimWorker, actor_id="w1")
+        worker = SimWorker()
+        await rt.spawn(worker, actor_id="w1")
         client = TeamClient(bus, TEAM)
-        async with client._awaiting("bad-1") as wait:
-            await bus.nc.publish(
-                s.tasks,
-                b'{"type": "task", "id": "bad-1", "prompt": 42}',
-                headers={"Content-Type": "application/json"},
-            )
-            result = await wait(20)
-        assert not result.ok and result.error_kind == "decode"
-        assert "$.prompt" in result.error and "Expected `str`" in result.error
+        inbox = bus.nc.new_inbox()
+        replies = await bus.nc.subscribe(inbox)
+        await bus.nc.publish(
+            s.tasks, body, headers={"Content-Type": "application/json", "Lmt-Reply-To": inbox}
+        )
+        reply = json.loads((await replies.next_msg(timeout=20)).data)
+        assert reply["type"] == "result" and reply["ok"] is False
+        assert reply["error_kind"] == "decode" and reply["task_id"] == "bad-1"
+        assert "$.prompt" in reply["error"] and "Expected `str`" in reply["error"]
         # nothing silently dropped: the raw task sits in the dead-letter stream with its reason
         dead = await last_message(bus, s.dead_stream, s.dead("decode"))
-        assert dead is not None and dead[0] == b'{"type": "task", "id": "bad-1", "prompt": 42}'
+        assert dead is not None and dead[0] == body
         assert "$.prompt" in dead[1]["Lmt-Dead-Reason"]
+        # a message that never became a task writes no result: the id stays free for its owner
+        assert await client.result("bad-1") is None
+        good = await client.submit("the real bad-1", task_id="bad-1", timeout=20)
+        assert good.ok and worker.refused == 1
         # and the agent keeps serving
         assert (await client.submit("still there?", timeout=20)).ok
 

@@ -57,6 +57,7 @@ from lmteams.agents._strategy import (
     StrategyContext,
     agent_seed,
     get_strategy,
+    load_strategies,
     register_strategy,
     registered_strategies,
 )
@@ -66,7 +67,7 @@ from lmteams.agents._supervisor import (
     SupervisorConfig,
     open_supervisor,
 )
-from lmteams.agents._tasks import salvage_task_id, task_problem
+from lmteams.agents._tasks import TaskOptions, new_task, salvage_task_id, task_problem
 from lmteams.agents._worker import WorkerAgent, WorkerConfig
 
 __all__ = (
@@ -98,6 +99,8 @@ __all__ = (
     "DispatcherConfig",
     "DispatchStatistics",
     "open_dispatcher",
+    "new_task",
+    "TaskOptions",
     "task_problem",
     "salvage_task_id",
     "UpState",
@@ -116,6 +119,7 @@ __all__ = (
     "StrategyContext",
     "Outcome",
     "register_strategy",
+    "load_strategies",
     "get_strategy",
     "registered_strategies",
     "agent_seed",

@@ -30,7 +30,7 @@ __all__ = (
 
 STRATEGIES = ("single", "vote", "weighted", "debate", "quorum")
 """Answer strategies of the wire contract. ``single`` is built into every agent; the others
-run where ``lmteams.consensus`` is loaded (the ``lmteams`` command always loads it)."""
+run where ``load_strategies()`` registered them (every agent daemon does)."""
 NORMALIZERS = ("auto", "number", "yesno", "choice", "text", "exact")
 
 

@@ -9,6 +9,7 @@ faulty agent cannot spin the process.
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -34,12 +35,21 @@ __all__ = (
     "Runtime",
     "open_runtime",
     "dead_letter",
+    "reply_address",
+    "H_REPLY_TO",
 )
 
 log = structlog.get_logger(__name__)
 
 H_DEAD_REASON = "Lmt-Dead-Reason"
 H_DEAD_SUBJECT = "Lmt-Dead-Subject"
+H_DEAD_TRUNCATED = "Lmt-Dead-Truncated"  # the original body's size, when only its head is kept
+# A JetStream message keeps no reply subject (its reply is JetStream's ack), so a submitter
+# that wants to hear of a refused message names an inbox in this header.
+H_REPLY_TO = "Lmt-Reply-To"
+# Only inboxes: a reply sent anywhere else (a results subject, $JS.API...) would let anyone
+# make an agent publish, with its credentials, where they choose.
+_INBOX = re.compile(r"_INBOX[A-Za-z0-9_-]{0,64}(\.[A-Za-z0-9_-]{1,128}){1,8}")
 
 
 class ActorState(StrEnum):
@@ -90,14 +100,32 @@ class ActorContext:
 
 
 async def dead_letter(bus: Bus, subjects: Subjects, msg: RawMsg, kind: str, reason: str) -> None:
-    """Keep an unusable message, with why, in the team's dead-letter stream."""
+    """Keep an unusable message, with why, in the team's dead-letter stream.
+
+    The message fitted the server's max payload; with our headers added it may not, so the
+    body is then cut (and its size noted) rather than the dead letter lost.
+    """
     headers = dict(msg.headers or {})
     headers[H_DEAD_REASON] = reason.replace("\r", " ").replace("\n", " ")[:1000]
     headers[H_DEAD_SUBJECT] = msg.subject
-    await bus.publish_raw(subjects.dead(kind), msg.data, headers)
+    data = bytes(msg.data)
+    header_bytes = 64 + sum(
+        len(f"{k}: {v}\r\n".encode(errors="replace")) for k, v in headers.items()
+    )
+    room = max(0, bus.nc.max_payload - header_bytes)
+    if len(data) > room:
+        headers[H_DEAD_TRUNCATED] = str(len(data))
+        data = data[:room]
+    await bus.publish_raw(subjects.dead(kind), data, headers)
 
 
-def _unwrap(exc: Exception) -> Exception:
+def reply_address(headers: dict[str, str] | None) -> str | None:
+    """The submitter's inbox from ``Lmt-Reply-To``, or None when absent or not an inbox."""
+    value = (headers or {}).get(H_REPLY_TO, "")
+    return value if _INBOX.fullmatch(value) else None
+
+
+def unwrap_group(exc: Exception) -> Exception:
     """A task group wraps a lone failure in an ExceptionGroup; report the failure itself."""
     while isinstance(exc, ExceptionGroup) and len(exc.exceptions) == 1:
         exc = exc.exceptions[0]
@@ -157,7 +185,7 @@ class _Cell:
                     break
                 except Exception as raised:
                     self._signal_started(status)  # spawn() returns; the supervisor keeps trying
-                    exc = _unwrap(raised)
+                    exc = unwrap_group(raised)
                     self.errors += 1
                     self._log.error("actor.crashed", error=f"{type(exc).__name__}: {exc}")
                     with contextlib.suppress(Exception):
@@ -294,18 +322,18 @@ class _Cell:
                 self.errors += 1
                 self._log.warning("actor.handler_error", error=f"{type(exc).__name__}: {exc}")
                 if incoming.reply:
-                    await incoming.respond(
+                    await self._reply(
+                        incoming,
                         ErrorReply(
                             kind="handler",
-                            message=f"{type(exc).__name__}: {exc}",
-                            task_id=str(task_id),
+                            message=f"{type(exc).__name__}: {exc}"[:1000],
+                            task_id=str(task_id)[:200],
                         ),
-                        sender=self.actor_id,
                     )
                 return
             self.processed += 1
             if reply is not None and incoming.reply:
-                await incoming.respond(reply, sender=self.actor_id)
+                await self._reply(incoming, reply)
         finally:
             structlog.contextvars.reset_contextvars(**tokens)
 
@@ -330,7 +358,16 @@ class _Cell:
 
     async def _refuse(self, incoming: Incoming[Any], kind: str, message: str) -> None:
         if incoming.reply:
-            await incoming.respond(ErrorReply(kind=kind, message=message), sender=self.actor_id)
+            await self._reply(incoming, ErrorReply(kind=kind, message=message))
+
+    async def _reply(self, incoming: Incoming[Any], body: msgspec.Struct) -> None:
+        """Send a reply; one that cannot leave (too big, closed bus) fails that message only,
+        never the actor: the crash budget is for the agent's faults, not its callers'."""
+        try:
+            await incoming.respond(body, sender=self.actor_id)
+        except Exception as exc:
+            self.errors += 1
+            self._log.warning("actor.reply_failed", error=f"{type(exc).__name__}: {exc}"[:500])
 
     async def _refuse_leftovers(self, receive: MemoryObjectReceiveStream[Incoming[Any]]) -> None:
         while True:

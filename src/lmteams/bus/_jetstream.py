@@ -7,6 +7,7 @@ compare-and-set for claims and leases. The helpers are idempotent so every agent
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -39,6 +40,7 @@ T = TypeVar("T")
 
 _STREAM_IN_USE = 10058
 _WRONG_LAST_SEQUENCE = (10071, 10164)
+_SUBJECT_FULL = 10077  # a discard-new-per-subject stream already holds this subject's message
 _H_EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
 
 
@@ -89,27 +91,52 @@ async def _retrying(what: str, call: Callable[[], Awaitable[T]], *, timeout: flo
 
 
 async def ensure_stream(
-    bus: Bus, config: api.StreamConfig, *, timeout: float = 20.0
+    bus: Bus, config: api.StreamConfig, *, timeout: float = 20.0, update: bool = True
 ) -> api.StreamInfo:
-    """Create the stream, or bring an existing one to this configuration."""
+    """Create the stream, or bring an existing one to this configuration.
+
+    With ``update=False`` (agents and clients) an existing stream is taken as it is, found
+    with STREAM.INFO alone: on a secured bus only the operator may create or change streams,
+    so a member never needs, nor is granted, more than reading their info.
+    """
+    name = str(config.name)
 
     async def attempt() -> api.StreamInfo:
+        if not update:
+            try:
+                return await bus.js.stream_info(name)
+            except nats.js.errors.NotFoundError:
+                pass
         try:
             return await bus.js.add_stream(config)
         except nats.js.errors.BadRequestError as err:
             if err.err_code != _STREAM_IN_USE:
-                raise BusError(f"cannot create stream {config.name}: {err.description}") from err
+                raise BusError(f"cannot create stream {name}: {err.description}") from err
+            if not update:  # created by someone else in between
+                return await bus.js.stream_info(name)
             return await bus.js.update_stream(config)
 
-    return await _retrying(f"creating stream {config.name}", attempt, timeout=timeout)
+    try:
+        return await _retrying(f"creating stream {name}", attempt, timeout=timeout)
+    except BusError as err:
+        if update:
+            raise
+        raise BusError(
+            f"{err}; on a secured bus the operator creates the team's streams "
+            "(`lmteams bus up --team T` or `lmteams up`) before agents and clients start"
+        ) from err
 
 
 async def ensure_team_streams(
-    bus: Bus, subjects: Subjects, settings: StreamSettings | None = None
+    bus: Bus, subjects: Subjects, settings: StreamSettings | None = None, *, update: bool = True
 ) -> None:
-    """The three streams of a team: tasks (work queue), results, dead letters."""
+    """The three streams of a team: tasks (work queue), results, dead letters.
+
+    ``update=False`` keeps streams that exist as they are (see ``ensure_stream``).
+    """
     s = settings or StreamSettings()
-    await ensure_stream(
+    ensure = functools.partial(ensure_stream, update=update)
+    await ensure(
         bus,
         api.StreamConfig(
             name=subjects.tasks_stream,
@@ -121,7 +148,7 @@ async def ensure_team_streams(
             max_msg_size=s.max_payload or -1,
         ),
     )
-    await ensure_stream(
+    await ensure(
         bus,
         api.StreamConfig(
             name=subjects.results_stream,
@@ -130,11 +157,15 @@ async def ensure_team_streams(
             storage=api.StorageType.FILE,
             num_replicas=s.replicas,
             duplicate_window=s.dedupe_window_s,
-            max_msgs_per_subject=1,  # a task has one result, whatever the redeliveries
+            # A task has one result, and the server keeps the first: a later publish on the
+            # same subject (a forged raw publish included) is refused, not stored over it.
+            max_msgs_per_subject=1,
+            discard=api.DiscardPolicy.NEW,
+            discard_new_per_subject=True,
             max_age=s.results_max_age_s,
         ),
     )
-    await ensure_stream(
+    await ensure(
         bus,
         api.StreamConfig(
             name=subjects.dead_stream,
@@ -161,14 +192,23 @@ async def publish_durable(
     trace: str | None = None,
     json: bool = False,
     timeout: float = 5.0,
+    once: bool = False,
 ) -> PubAck:
     """Publish into JetStream and wait for the stream's ack.
 
     ``msg_id`` becomes ``Nats-Msg-Id``: a second publish with the same id inside the dedupe
     window is acknowledged as a duplicate and stored once, which is what makes retrying
     through a leader election safe.
+
+    ``once`` stores the message only if ``subject`` holds none yet (the server's optimistic
+    concurrency, ``Nats-Expected-Last-Subject-Sequence: 0``), whatever the dedupe window:
+    a later publish raises ``RevisionMismatchError`` and the stored message stays. The server
+    checks this before the msg id, so a retry of a publish that was stored (its ack lost in a
+    leader election) raises it too: either way, what is stored is the first message.
     """
     headers = bus.headers_for(body, sender=sender, trace=trace, msg_id=msg_id, json=json)
+    if once:
+        headers[_H_EXPECTED_LAST_SUBJECT_SEQ] = "0"
     data = encode_json(body) if json else encode(body)
     if len(data) > bus.nc.max_payload:  # nats-py would raise a bare MaxPayloadError
         raise EncodeError(
@@ -177,7 +217,16 @@ async def publish_durable(
         )
 
     async def attempt() -> api.PubAck:
-        return await bus.js.publish(subject, data, headers=headers, timeout=min(timeout, 2.0))
+        try:
+            return await bus.js.publish(subject, data, headers=headers, timeout=min(timeout, 2.0))
+        except nats.js.errors.APIError as err:
+            if err.err_code == _SUBJECT_FULL or (once and err.err_code in _WRONG_LAST_SEQUENCE):
+                raise RevisionMismatchError(
+                    f"{subject} already holds a message; it is written once and was kept"
+                ) from err
+            raise BusError(
+                f"JetStream refused the publish to {subject}: {err.description}"
+            ) from err
 
     ack = await _retrying(f"publishing to {subject}", attempt, timeout=timeout)
     return PubAck(stream=ack.stream, seq=ack.seq, duplicate=bool(ack.duplicate))

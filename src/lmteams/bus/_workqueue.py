@@ -12,20 +12,34 @@ import contextlib
 import msgspec
 import nats.errors
 import nats.js.errors
+import structlog
 from nats.aio.msg import Msg
 from nats.js import api
 
 from lmteams.bus._connection import Bus
 from lmteams.bus._jetstream import _retrying
 from lmteams.bus._subjects import Subjects
+from lmteams.errors import ConfigError
 
 __all__ = ("Delivery", "WorkQueue", "WorkQueueSettings", "open_work_queue", "last_message")
 
+log = structlog.get_logger(__name__)
+
 
 class WorkQueueSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """The team's shared consumer, and when a task that keeps failing is given up.
+
+    ``max_deliveries`` bounds the tries of a poison task: the agent that receives delivery
+    number ``max_deliveries`` (or a later one) settles it for good, with an error result and
+    a dead letter. The consumer itself never stops redelivering (``max_deliver = -1``), so a
+    task cannot be left in the queue unanswered by JetStream giving up first.
+    """
+
     durable: str = "workers"
     ack_wait_s: float = 30.0
-    max_deliver: int = 5
+    max_deliveries: int = 5
+    retry_delay_s: float = 1.0
+    """A failed try is handed back after this many seconds times the deliveries so far."""
     max_ack_pending: int = 1000
 
 
@@ -96,21 +110,39 @@ class WorkQueue:
             await self._sub.unsubscribe()  # type: ignore[attr-defined]
 
 
+def _configured(have: api.ConsumerConfig, want: api.ConsumerConfig) -> bool:
+    fields = ("filter_subject", "ack_policy", "ack_wait", "max_deliver", "max_ack_pending")
+    return all(getattr(have, f) == getattr(want, f) for f in fields)
+
+
 async def open_work_queue(
     bus: Bus, subjects: Subjects, settings: WorkQueueSettings | None = None
 ) -> WorkQueue:
     """Bind to (creating if absent) the team's shared durable consumer on the tasks stream."""
     s = settings or WorkQueueSettings()
+    if s.max_deliveries < 1:
+        raise ConfigError(f"max_deliveries must be at least 1, got {s.max_deliveries}")
     config = api.ConsumerConfig(
         durable_name=s.durable,
+        filter_subject=subjects.tasks,
         ack_policy=api.AckPolicy.EXPLICIT,
         ack_wait=s.ack_wait_s,
-        max_deliver=s.max_deliver,
+        max_deliver=-1,  # the agents end poison tasks (max_deliveries), not JetStream
         max_ack_pending=s.max_ack_pending,
     )
     sub = await bus.js.pull_subscribe(
         subjects.tasks, durable=s.durable, stream=subjects.tasks_stream, config=config
     )
+    info = await sub.consumer_info()
+    bound = info.config.max_deliver or -1
+    if 0 < bound <= s.max_deliveries:  # made by an older lmteams; we never change it here
+        log.warning(
+            "bus.consumer_gives_up_first",
+            consumer=s.durable,
+            max_deliver=bound,
+            max_deliveries=s.max_deliveries,
+            fix="delete the consumer (nats consumer rm) and let `lmteams bus up` recreate it",
+        )
     return WorkQueue(sub)
 
 

@@ -4,7 +4,7 @@ Everything an agent needs to turn a prompt into a completion on whatever hardwar
 and everything a study needs to pretend it has other hardware.
 """
 
-from lmteams.hardware._backend import open_backend
+from lmteams.hardware._backend import PromptFit, TokenCounter, open_backend, prompt_fit
 from lmteams.hardware._detect import DeviceInfo, HardwareInfo, detect
 from lmteams.hardware._llama import LlamaBackend, LlamaStatistics
 from lmteams.hardware._models import (
@@ -58,6 +58,9 @@ __all__ = (
     "Completion",
     "Timings",
     "open_backend",
+    "TokenCounter",
+    "PromptFit",
+    "prompt_fit",
     # backends
     "LlamaBackend",
     "LlamaStatistics",

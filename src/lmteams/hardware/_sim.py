@@ -182,6 +182,10 @@ def estimate_tokens(text: str) -> int:
     return max(1, math.ceil(len(text) / 4)) if text else 0
 
 
+def _prompt_tokens(request: GenerateRequest) -> int:
+    return estimate_tokens(request.prompt) + estimate_tokens(request.system or "")
+
+
 class SimulatedBackend:
     """The Backend protocol over a :class:`DeviceClass`; cheap enough to run hundreds."""
 
@@ -192,6 +196,7 @@ class SimulatedBackend:
         model: str = "smollm2-135m",
         seed: int = 0,
         time_scale: float = 1.0,
+        n_ctx: int = 2048,
     ) -> None:
         if isinstance(device_class, str):
             if device_class not in DEVICE_CLASSES:
@@ -202,6 +207,9 @@ class SimulatedBackend:
             device_class = DEVICE_CLASSES[device_class]
         if time_scale < 0:
             raise ConfigError(f"time_scale must be >= 0, got {time_scale}")
+        if n_ctx < 1:
+            raise ConfigError(f"n_ctx must be >= 1, got {n_ctx}")
+        self._n_ctx = n_ctx
         self.device_class = device_class
         self._model = model
         self._rng = random.Random(seed)
@@ -219,6 +227,14 @@ class SimulatedBackend:
     @property
     def model(self) -> str:
         return self._model
+
+    @property
+    def n_ctx(self) -> int:
+        """The modelled context: a prompt that fills it fails as it would on llama.cpp."""
+        return self._n_ctx
+
+    async def count_tokens(self, request: GenerateRequest) -> int:
+        return _prompt_tokens(request)
 
     @property
     def time_scale(self) -> float:
@@ -255,8 +271,13 @@ class SimulatedBackend:
             fails, fail_at = rng.random() < cls.failure_prob, rng.random()
             straggles = rng.random() < cls.straggler_prob
             prompt_factor, gen_factor = self._factor(), self._factor()
-            tokens_in = estimate_tokens(request.prompt) + estimate_tokens(request.system or "")
-            limit = max(0, request.max_tokens)
+            tokens_in = _prompt_tokens(request)
+            if tokens_in >= self._n_ctx:
+                raise BackendError(
+                    f"context overflow: the prompt is {tokens_in} tokens but n_ctx is "
+                    f"{self._n_ctx} (simulated {self.device})"
+                )
+            limit = min(max(0, request.max_tokens), self._n_ctx - tokens_in)
             tokens_out = rng.randint(max(1, limit // 2), limit) if limit else 0
             logprobs = tuple(-rng.expovariate(4.0) for _ in range(tokens_out))
             slow = cls.straggler_factor if straggles else 1.0
