@@ -355,7 +355,7 @@ class WorkerAgent(Actor):
             return
         with structlog.contextvars.bound_contextvars(task_id=task.id, agent_id=ctx.actor_id):
             if await last_message(
-                ctx.bus, ctx.subjects.results_stream, ctx.subjects.results(task.id)
+                ctx.bus, ctx.subjects.results_stream, ctx.subjects.results(task.id), direct=True
             ):
                 await self._duplicate(delivery, task.id, json)
                 return

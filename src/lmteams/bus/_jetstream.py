@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import anyio
 import msgspec
@@ -162,6 +162,7 @@ async def ensure_team_streams(
             max_msgs_per_subject=1,
             discard=api.DiscardPolicy.NEW,
             discard_new_per_subject=True,
+            allow_direct=True,  # duplicate checks read by direct get: light on the server
             max_age=s.results_max_age_s,
         ),
     )
@@ -216,9 +217,9 @@ async def publish_durable(
             f"{bus.nc.max_payload} bytes: send less, or raise max_payload in the server config"
         )
 
-    async def attempt() -> api.PubAck:
+    async def attempt() -> PubAck:
         try:
-            return await bus.js.publish(subject, data, headers=headers, timeout=min(timeout, 2.0))
+            return await _publish_acked(bus, subject, data, headers, timeout=min(timeout, 2.0))
         except nats.js.errors.APIError as err:
             if err.err_code == _SUBJECT_FULL or (once and err.err_code in _WRONG_LAST_SEQUENCE):
                 raise RevisionMismatchError(
@@ -228,8 +229,37 @@ async def publish_durable(
                 f"JetStream refused the publish to {subject}: {err.description}"
             ) from err
 
-    ack = await _retrying(f"publishing to {subject}", attempt, timeout=timeout)
-    return PubAck(stream=ack.stream, seq=ack.seq, duplicate=bool(ack.duplicate))
+    return await _retrying(f"publishing to {subject}", attempt, timeout=timeout)
+
+
+class _PubAckReply(msgspec.Struct):
+    """JetStream's answer to a publish: an ack, or an ``error`` object."""
+
+    stream: str = ""
+    seq: int = 0
+    duplicate: bool = False
+    error: dict[str, Any] | None = None
+
+
+_PUB_ACK = msgspec.json.Decoder(_PubAckReply)
+
+
+async def _publish_acked(
+    bus: Bus, subject: str, data: bytes, headers: dict[str, str], *, timeout: float
+) -> PubAck:
+    """``js.publish`` on the bus's own request path (the reply resolved where it is read).
+
+    The same protocol and errors as nats-py's: an ``error`` reply raises the matching
+    ``nats.js.errors.APIError``, nobody listening raises ``NoStreamResponseError``.
+    """
+    try:
+        msg = await bus.nc.fast_request(subject, data, timeout=timeout, headers=headers)
+    except nats.errors.NoRespondersError:
+        raise nats.js.errors.NoStreamResponseError from None
+    reply = _PUB_ACK.decode(msg.data)
+    if reply.error is not None:
+        nats.js.errors.APIError.from_error(reply.error)  # raises the specific error
+    return PubAck(stream=reply.stream, seq=reply.seq, duplicate=reply.duplicate)
 
 
 class KVEntry(msgspec.Struct, frozen=True, kw_only=True):

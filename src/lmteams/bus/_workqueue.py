@@ -19,7 +19,7 @@ from nats.js import api
 from lmteams.bus._connection import Bus
 from lmteams.bus._jetstream import _retrying
 from lmteams.bus._subjects import Subjects
-from lmteams.errors import ConfigError
+from lmteams.errors import BusError, ConfigError
 
 __all__ = ("Delivery", "WorkQueue", "WorkQueueSettings", "open_work_queue", "last_message")
 
@@ -74,8 +74,12 @@ class Delivery:
         return int(self._msg.metadata.num_delivered)
 
     async def ack(self) -> None:
-        """Done: JetStream removes the task (work-queue retention)."""
-        await self._msg.ack_sync(timeout=5)
+        """Done: JetStream removes the task (work-queue retention).
+
+        Not awaited by the server: callers ack only after the result is stored, so an ack
+        that is lost redelivers a task whose stored result is then found, and acked again.
+        """
+        await self._msg.ack()
         self.settled = True
 
     async def nak(self, delay: float | None = None) -> None:
@@ -110,11 +114,6 @@ class WorkQueue:
             await self._sub.unsubscribe()  # type: ignore[attr-defined]
 
 
-def _configured(have: api.ConsumerConfig, want: api.ConsumerConfig) -> bool:
-    fields = ("filter_subject", "ack_policy", "ack_wait", "max_deliver", "max_ack_pending")
-    return all(getattr(have, f) == getattr(want, f) for f in fields)
-
-
 async def open_work_queue(
     bus: Bus, subjects: Subjects, settings: WorkQueueSettings | None = None
 ) -> WorkQueue:
@@ -147,15 +146,20 @@ async def open_work_queue(
 
 
 async def last_message(
-    bus: Bus, stream: str, subject: str, *, timeout: float = 20.0
+    bus: Bus, stream: str, subject: str, *, timeout: float = 20.0, direct: bool = False
 ) -> tuple[bytes, dict[str, str]] | None:
     """The newest message stored for ``subject`` in ``stream``, or None.
 
     A read is idempotent, so it retries through a stream leader election (a killed node)
-    instead of failing the caller on the first timeout.
+    instead of failing the caller on the first timeout. ``direct`` reads through JetStream's
+    direct get (the stream must allow it): any replica answers, off the API queue, so it is
+    cheap for the server but may lag the leader by a moment; callers whose correctness does
+    not hang on the read (a duplicate check in front of a write-once publish) use it.
     """
 
     async def attempt() -> tuple[bytes, dict[str, str]] | None:
+        if direct:
+            return await _direct_last(bus, stream, subject)
         try:
             msg = await bus.js.get_last_msg(stream, subject)
         except nats.js.errors.NotFoundError:
@@ -163,3 +167,30 @@ async def last_message(
         return bytes(msg.data or b""), dict(msg.headers or {})
 
     return await _retrying(f"reading {subject} from {stream}", attempt, timeout=timeout)
+
+
+async def _direct_last(bus: Bus, stream: str, subject: str) -> tuple[bytes, dict[str, str]] | None:
+    """Direct get of the last message on ``subject``, on the bus's own request path.
+
+    The server answers with the stored message (its headers plus ``Nats-*`` ones), or an empty
+    message whose ``Status`` header says why (404: none stored).
+    """
+    try:
+        msg = await bus.nc.fast_request(
+            f"$JS.API.DIRECT.GET.{stream}.{subject}", b"", timeout=5.0, headers={}
+        )
+    except nats.errors.NoRespondersError:  # a stream made without allow_direct: ask its leader
+        try:
+            stored = await bus.js.get_last_msg(stream, subject)
+        except nats.js.errors.NotFoundError:
+            return None
+        return bytes(stored.data or b""), dict(stored.headers or {})
+    headers = dict(msg.headers or {})
+    status = headers.get("Status")
+    if not msg.data and status:
+        if status == "404":
+            return None
+        if status == "503":
+            raise nats.js.errors.ServiceUnavailableError
+        raise BusError(f"direct get of {subject} from {stream}: {status} {headers}")
+    return bytes(msg.data), headers
