@@ -25,11 +25,12 @@ def test_up_publish_down_on_simulated_agents(home: dict[str, str], tmp_path: Pat
     try:
         state = Path(home["LMTEAMS_HOME"]) / "up-cli.json"
         deadline = time.monotonic() + 60
-        while not state.exists():
+        said = ""
+        while not (state.exists() and said):  # the state file and the banner, in either order
             assert up.poll() is None, "lmteams up exited early"
-            assert time.monotonic() < deadline, "lmteams up never recorded its state"
+            assert time.monotonic() < deadline, "lmteams up never recorded its state and banner"
             time.sleep(0.1)
-        said = next(x for x in banner.read_text().splitlines() if "up" in x)
+            said = next((x for x in banner.read_text().splitlines() if "up" in x), "")
         assert "simulated cpu-x86" in said and "smollm2" not in said, said
         assert said.endswith(f"bus nats://127.0.0.1:{port}")  # one whole line when piped
         done = lmteams(
