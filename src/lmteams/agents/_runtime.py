@@ -24,7 +24,16 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from lmteams.agents._actor import Actor
 from lmteams.agents._ref import ActorRef
-from lmteams.bus import Bus, ErrorReply, Incoming, RawMsg, Subjects, Subscription, validate_token
+from lmteams.bus import (
+    Backoff,
+    Bus,
+    ErrorReply,
+    Incoming,
+    RawMsg,
+    Subjects,
+    Subscription,
+    validate_token,
+)
 from lmteams.errors import ConfigError, DecodeError
 
 __all__ = (
@@ -68,6 +77,11 @@ class RestartPolicy(msgspec.Struct, frozen=True, kw_only=True):
     window_s: float = 60.0
     backoff_s: float = 0.1
     backoff_max_s: float = 5.0
+
+    @property
+    def backoff(self) -> Backoff:
+        """Jittered, so actors that crashed on the same input do not restart in lock-step."""
+        return Backoff(initial_s=self.backoff_s, max_s=self.backoff_max_s)
 
 
 class ActorStatistics(msgspec.Struct, frozen=True, kw_only=True):
@@ -200,9 +214,7 @@ class _Cell:
                         return
                     self.restarts += 1
                     self.state = ActorState.RESTARTING
-                    delay = min(
-                        self.policy.backoff_max_s, self.policy.backoff_s * 2 ** (len(crashes) - 1)
-                    )
+                    delay = self.policy.backoff.delay(len(crashes) - 1)
                     self._log.warning("actor.restarting", in_s=round(delay, 3))
                     with anyio.move_on_after(delay):
                         await self.stop_requested.wait()

@@ -23,6 +23,7 @@ from anyio.abc import TaskGroup
 from lmteams._process import spawn, terminate
 from lmteams.agents._state import UpState, clear_state, state_dir, write_state
 from lmteams.bus import (
+    Backoff,
     BusAuth,
     EmbeddedServer,
     ServerConfig,
@@ -138,7 +139,8 @@ class Supervisor:
 
     async def _keep_alive(self, child: _Child, model: str) -> None:
         c = self.config
-        backoff = c.restart_backoff_s
+        # jittered: agents that crash together (one bad model file) do not restart together
+        backoff = Backoff(initial_s=c.restart_backoff_s, max_s=c.restart_backoff_max_s).counter()
         while not self._stopping:
             with child.log_path.open("ab") as out:
                 child.proc = await spawn(self.argv(child.name, model), stdout=out, stderr=out)
@@ -151,11 +153,13 @@ class Supervisor:
                 log.info("supervisor.agent_left", agent=child.name)
                 return
             if time.monotonic() - started > c.stable_after_s:
-                backoff = c.restart_backoff_s
+                backoff.reset()
             child.restarts += 1
-            log.warning("supervisor.agent_crashed", agent=child.name, code=code, restart_in=backoff)
-            await anyio.sleep(backoff)
-            backoff = min(backoff * 2, c.restart_backoff_max_s)
+            delay = backoff.next_delay()
+            log.warning(
+                "supervisor.agent_crashed", agent=child.name, code=code, restart_in=round(delay, 3)
+            )
+            await anyio.sleep(delay)
 
     def processes(self) -> list[AgentProcessInfo]:
         return [

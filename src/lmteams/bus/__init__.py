@@ -4,6 +4,7 @@ Everything that crosses between agents goes through here; nothing else in lmteam
 nats-py.
 """
 
+from lmteams.bus._backoff import Backoff, BackoffCounter, retrying
 from lmteams.bus._cluster import LocalCluster, leaf_node_config, run_cluster
 from lmteams.bus._codec import Codec, ErrorReply, encode, encode_json, type_tag
 from lmteams.bus._connection import (
@@ -153,4 +154,8 @@ __all__ = (
     "Delivery",
     "open_work_queue",
     "last_message",
+    # retries
+    "Backoff",
+    "BackoffCounter",
+    "retrying",
 )

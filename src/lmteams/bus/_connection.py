@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import random
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from enum import StrEnum
@@ -24,6 +23,7 @@ import structlog
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription as NatsSubscription
 
+from lmteams.bus._backoff import Backoff
 from lmteams.bus._codec import Codec, ErrorReply, encode, encode_json, type_tag
 from lmteams.bus._envelope import (
     H_CONTENT_TYPE,
@@ -428,31 +428,27 @@ class Bus:
         self.state = BusState.CONNECTED
 
 
-class _Backoff:
-    """Exponential backoff with full jitter for nats-py's reconnect loop.
+class _Reconnect:
+    """nats-py's reconnect handler: the least-tried server, after a jittered backoff.
 
     Without jitter every client of a restarted server reconnects in lock-step.
     """
 
-    def __init__(self, base: float = 0.1, cap: float = 5.0) -> None:
-        self.base = base
-        self.cap = cap
-        self.attempt = 0
+    def __init__(self) -> None:
+        self.backoff = Backoff(initial_s=0.1, max_s=5.0).counter()
 
     def __call__(self, servers: list[Any], _info: dict[str, Any]) -> tuple[Any, float]:
-        delay = random.uniform(0, min(self.cap, self.base * 2**self.attempt))
-        self.attempt += 1
         server = min(servers, key=lambda s: s.reconnects) if servers else None
-        return server, delay
+        return server, self.backoff.next_delay()
 
     def reset(self) -> None:
-        self.attempt = 0
+        self.backoff.reset()
 
 
 class _ConnectionEvents:
     """nats-py's connection callbacks: log every event and keep the Bus state current."""
 
-    def __init__(self, log: Any, backoff: _Backoff) -> None:
+    def __init__(self, log: Any, backoff: _Reconnect) -> None:
         self.log = log
         self.backoff = backoff
         self.bus: Bus | None = None
@@ -549,7 +545,7 @@ async def open_bus(
         if url is None:
             server = await stack.enter_async_context(run_server(embedded))
             url = server.url
-        backoff = _Backoff()
+        backoff = _Reconnect()
         events = _ConnectionEvents(log.bind(bus=name), backoff)
         options: dict[str, Any] = {
             "servers": _split_urls(url),

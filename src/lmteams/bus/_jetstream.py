@@ -11,7 +11,6 @@ import functools
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-import anyio
 import msgspec
 import nats.errors
 import nats.js.errors
@@ -19,6 +18,7 @@ import structlog
 from nats.js import api
 from nats.js.kv import KeyValue
 
+from lmteams.bus._backoff import Backoff, retrying
 from lmteams.bus._codec import encode, encode_json
 from lmteams.bus._connection import Bus
 from lmteams.bus._subjects import SubjectKind, Subjects
@@ -70,6 +70,10 @@ _TRANSIENT = (
 )
 
 
+# quick first tries (a new leader may already be there), then at most 1 s apart
+_LEADER_ELECTION = Backoff(initial_s=0.05, max_s=1.0)
+
+
 async def _retrying(what: str, call: Callable[[], Awaitable[T]], *, timeout: float) -> T:
     """Retry a JetStream call through leader elections until ``timeout``.
 
@@ -77,17 +81,14 @@ async def _retrying(what: str, call: Callable[[], Awaitable[T]], *, timeout: flo
     responder or time out; only calls that are idempotent (stream config, publishes
     carrying a ``Nats-Msg-Id``) go through here.
     """
-    delay = 0.05
-    with anyio.move_on_after(timeout) as scope:
-        while True:
-            try:
-                return await call()
-            except _TRANSIENT as err:
-                log.debug("bus.jetstream_retry", what=what, error=type(err).__name__)
-                await anyio.sleep(delay)
-                delay = min(delay * 2, 1.0)
-    assert scope.cancelled_caught
-    raise BusError(f"JetStream did not complete {what} within {timeout:g}s (no stream leader?)")
+    return await retrying(
+        f"JetStream {what}",
+        call,
+        retry_on=_TRANSIENT,
+        timeout=timeout,
+        backoff=_LEADER_ELECTION,
+        hint="no stream leader?",
+    )
 
 
 async def ensure_stream(
