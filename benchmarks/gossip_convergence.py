@@ -11,7 +11,7 @@ the same member) so 100 trials per N fit in minutes. Bound: ceil(log2 N) + ceil(
 Detection trials: a random member is cancelled without leaving (a crash: its subscription
 goes, like a killed process's) and replaced by a fresh member; the trial lasts until every
 member that was alive at the kill has declared it dead. Meanwhile other members are paused
-(``pause_for``, a simulated SIGSTOP) for a fraction of the suspicion timeout (``--pause``,
+(``pause_member``, a simulated SIGSTOP) for a fraction of the suspicion timeout (``--pause``,
 half by default): slow, not dead; any death declared about a member that was not killed is
 a false death.
 
@@ -55,7 +55,14 @@ from anyio.abc import TaskGroup, TaskStatus
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import emit, figure, quiet_logs
 from lmteams.bus import Bus, open_bus, run_server
-from lmteams.gossip import ChangeKind, MemberEvent, SwimConfig, SwimMember, open_member
+from lmteams.gossip import (
+    ChangeKind,
+    MemberEvent,
+    SwimConfig,
+    SwimMember,
+    open_member,
+    pause_member,
+)
 
 CONNECTIONS = 2
 
@@ -227,7 +234,7 @@ async def detect(
             await swarm.spawn()
             # a slow member: paused for less than the suspicion timeout, it must not be killed
             slow, _ = random.choice(list(swarm.members.values()))
-            slow.pause_for(pause * suspicion)
+            pause_member(slow, pause * suspicion)
             pauses += 1
             await anyio.sleep(2 * period)
         else:

@@ -25,6 +25,7 @@ from lmteams.gossip import (
     Update,
     observe_members,
     open_member,
+    pause_member,
 )
 from lmteams.testing import wait_until
 
@@ -181,14 +182,14 @@ async def test_short_pause_is_suspected_at_most_never_dead(bus: Bus) -> None:
         for first, second in ((0, 1), (2, 3), (4, 5), (6, 7)):
             a, b = team[first], team[second]
             ran = a.statistics().periods
-            a.pause_for(0.9 * suspicion)  # the fault: silent for less than the timeout
+            pause_member(a, 0.9 * suspicion)  # the fault: silent for less than the timeout
             # pause an accuser once the accusations are out (or the pause is over unaccused)
             await wait_until(
                 lambda a=a, ran=ran: (
                     bool(recorder.about(a.id, ChangeKind.SUSPECT)) or a.statistics().periods > ran
                 )
             )
-            b.pause_for(0.9 * suspicion)
+            pause_member(b, 0.9 * suspicion)
             await run_periods(team, settle)  # both paused members have run again, too
             await wait_until(lambda: sees_all(team, names), timeout=10)
         assert not any(recorder.about(m.id, ChangeKind.DEAD) for m in team)
@@ -259,3 +260,9 @@ async def test_member_names_are_subject_tokens(bus: Bus, bad: str) -> None:
     with pytest.raises(ConfigError):
         async with open_member(bus, TEAM, bad):
             pass
+
+
+async def test_pausing_a_member_that_is_not_running_is_refused(bus: Bus) -> None:
+    """Pausing is for a member inside ``open_member``; anything else is a mistake, said so."""
+    with pytest.raises(RuntimeError, match="running member"):
+        pause_member(SwimMember(bus, TEAM, "idle"), 1.0)

@@ -9,7 +9,8 @@ their device, load and model in their map; ``lmteams status`` reads it back.
 from lmteams.gossip._agent import agent_meta, gossip_as_agent
 from lmteams.gossip._broadcast import BroadcastQueue
 from lmteams.gossip._config import SwimConfig
-from lmteams.gossip._member import GossipStatistics, MemberEvent, SwimMember, open_member
+from lmteams.gossip._faults import pause_member
+from lmteams.gossip._member import MemberEvent, SwimMember, open_member
 from lmteams.gossip._messages import (
     Ack,
     InboxMessage,
@@ -22,6 +23,7 @@ from lmteams.gossip._messages import (
     Update,
 )
 from lmteams.gossip._observe import observe_members
+from lmteams.gossip._stats import GossipStatistics
 from lmteams.gossip._table import Change, ChangeKind, MembershipTable
 
 __all__ = (
@@ -34,6 +36,8 @@ __all__ = (
     "observe_members",
     "gossip_as_agent",
     "agent_meta",
+    # fault injection (tests, benchmarks)
+    "pause_member",
     # state
     "MemberState",
     "ChangeKind",

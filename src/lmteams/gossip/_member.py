@@ -41,6 +41,7 @@ from lmteams.bus import Bus, Codec, Incoming, RawMsg, Subjects, Subscription
 from lmteams.errors import BusError, DecodeError, RemoteError
 from lmteams.gossip._broadcast import BroadcastQueue
 from lmteams.gossip._config import SwimConfig
+from lmteams.gossip._faults import Gate
 from lmteams.gossip._messages import (
     MAX_INCARNATION,
     Ack,
@@ -53,10 +54,11 @@ from lmteams.gossip._messages import (
     SyncState,
     Update,
 )
+from lmteams.gossip._stats import GossipCounters, GossipStatistics
 from lmteams.gossip._suspicion import Suspicions
 from lmteams.gossip._table import Change, ChangeKind, MembershipTable
 
-__all__ = ("SwimMember", "MemberEvent", "GossipStatistics", "open_member")
+__all__ = ("SwimMember", "MemberEvent", "open_member")
 
 log = structlog.get_logger(__name__)
 Ts = TypeVarTuple("Ts")
@@ -78,34 +80,6 @@ class MemberEvent(msgspec.Struct, frozen=True, kw_only=True):
     incarnation: int
     meta: dict[str, MetaValue] = {}
     at: float = 0.0  # anyio clock
-
-
-class GossipStatistics(msgspec.Struct, frozen=True, kw_only=True):
-    """A snapshot of one member's counters; per-period rates divide by ``periods``."""
-
-    member: str
-    incarnation: int
-    periods: int
-    alive: int
-    suspect: int
-    dead: int
-    left: int
-    messages_sent: int
-    messages_received: int
-    pings_sent: int
-    ping_reqs_sent: int
-    acks_sent: int
-    syncs_sent: int
-    probe_failures: int
-    suspicions: int
-    refutations: int
-    updates_sent: int
-    queued_updates: int
-    events_dropped: int
-    refused: int = 0
-    """Messages refused before they reached the table: undecodable or out of bounds."""
-    faults: int = 0
-    """Protocol rounds or background steps that raised (logged, and the member went on)."""
 
 
 class SwimMember:
@@ -141,28 +115,9 @@ class SwimMember:
         self._subscriptions: list[Subscription] = []
         self._tg: TaskGroup | None = None
         self._leaving = False
-        self._resumed = anyio.Event()
-        self._resumed.set()
-        self._paused_until = -math.inf
+        self._gate = Gate()  # closed only by fault injection (``pause_member``)
         self._log = log.bind(member=member_id, team=team)
-        self._c: dict[str, int] = dict.fromkeys(
-            (
-                "periods",
-                "received",
-                "pings",
-                "ping_reqs",
-                "acks",
-                "syncs",
-                "probe_failures",
-                "suspicions",
-                "refutations",
-                "updates",
-                "dropped",
-                "refused",
-                "faults",
-            ),
-            0,
-        )
+        self._c = GossipCounters()
 
     # --- public surface --------------------------------------------------------------------
     @property
@@ -211,56 +166,8 @@ class SwimMember:
             self._watchers.remove(send)
             send.close()
 
-    def pause_for(self, seconds: float) -> None:
-        """Fault injection: behave like a stopped process (SIGSTOP) for ``seconds``.
-
-        Probing stops and received messages wait, unanswered, in the subscription's queue,
-        as they would in a stopped process's socket; all of them are handled on resume.
-        A pause during a pause extends it (to whichever ends later).
-        """
-        if self._tg is None:
-            raise RuntimeError("pause_for needs a running member (inside open_member)")
-        until = anyio.current_time() + seconds
-        if self._resumed.is_set():
-            self._resumed = anyio.Event()
-            self._paused_until = until
-        else:
-            self._paused_until = max(self._paused_until, until)
-        resumed = self._resumed
-
-        async def _resume() -> None:
-            await anyio.sleep(seconds)
-            if anyio.current_time() >= self._paused_until:  # else a later pause resumes
-                resumed.set()
-
-        self._tg.start_soon(_resume)
-
     def statistics(self) -> GossipStatistics:
-        c = self._c
-        sent = c["pings"] + c["ping_reqs"] + c["acks"] + c["syncs"]
-        return GossipStatistics(
-            member=self.id,
-            incarnation=self._incarnation,
-            periods=c["periods"],
-            alive=self._table.count(MemberState.ALIVE),
-            suspect=self._table.count(MemberState.SUSPECT),
-            dead=self._table.count(MemberState.DEAD),
-            left=self._table.count(MemberState.LEFT),
-            messages_sent=sent,
-            messages_received=c["received"],
-            pings_sent=c["pings"],
-            ping_reqs_sent=c["ping_reqs"],
-            acks_sent=c["acks"],
-            syncs_sent=c["syncs"],
-            probe_failures=c["probe_failures"],
-            suspicions=c["suspicions"],
-            refutations=c["refutations"],
-            updates_sent=c["updates"],
-            queued_updates=len(self._queue),
-            events_dropped=c["dropped"],
-            refused=c["refused"],
-            faults=c["faults"],
-        )
+        return self._c.snapshot(self.id, self._incarnation, self._table, queued=len(self._queue))
 
     async def leave(self, timeout: float | None = None) -> None:
         """Leave voluntarily: tell a few members directly, then stop answering.
@@ -323,13 +230,13 @@ class SwimMember:
         await anyio.sleep(random.uniform(0, period))  # spread the members' ticks
         due = anyio.current_time()
         while not self._leaving:
-            await self._resumed.wait()
+            await self._gate.wait()
             start = anyio.current_time()
             # a tick that comes late means this member was stopped or starved: it heard no
             # refutations meanwhile, so that time does not count against its suspects
             self._suspicions.defer(start - due)
             due = start + period
-            self._c["periods"] += 1
+            self._c.periods += 1
             await self._guarded(self._round, period)
             await anyio.sleep(max(0.0, due - anyio.current_time()))
 
@@ -358,7 +265,7 @@ class SwimMember:
         try:
             await fn(*args)
         except Exception:
-            self._c["faults"] += 1
+            self._c.faults += 1
             self._log.exception("gossip.fault", step=getattr(fn, "__name__", "step"))
 
     async def _on_refused(self, msg: RawMsg, err: DecodeError) -> None:
@@ -366,7 +273,7 @@ class SwimMember:
 
         The bus has already logged it and answered a request with the error.
         """
-        self._c["refused"] += 1
+        self._c.refused += 1
         with contextlib.suppress(BusError):
             await dead_letter(self.bus, self.subjects, msg, "gossip", str(err))
 
@@ -395,12 +302,12 @@ class SwimMember:
                     for helper in helpers:
                         tg.start_soon(_ask, helper)
         if not acked and not self._leaving:
-            self._c["probe_failures"] += 1
+            self._c.probe_failures += 1
             self._suspect(target, incarnation, since=started)
 
     async def _ping(self, target: str, timeout: float) -> bool:
         msg = Ping(sender=self.id, incarnation=self._incarnation, updates=self._piggyback(target))
-        self._c["pings"] += 1
+        self._c.pings += 1
         return await self._probe(target, msg, timeout)
 
     async def _ping_req(self, helper: str, target: str, timeout: float) -> bool:
@@ -410,7 +317,7 @@ class SwimMember:
             target=target,
             updates=self._piggyback(helper),
         )
-        self._c["ping_reqs"] += 1
+        self._c.ping_reqs += 1
         return await self._probe(helper, msg, timeout)
 
     async def _probe(self, peer: str, msg: Ping | PingReq, timeout: float) -> bool:
@@ -427,12 +334,12 @@ class SwimMember:
     async def _tell(self, peer: str, record: Update, timeout: float) -> None:
         """Send ``record`` to ``peer`` directly, ahead of the gossip; absorb the ack's news."""
         msg = Ping(sender=self.id, incarnation=self._incarnation, updates=(record,))
-        self._c["pings"] += 1
+        self._c.pings += 1
         await self._probe(peer, msg, timeout)
 
     async def _sync(self, subject: str, timeout: float) -> None:
         msg = Sync(sender=self.id, incarnation=self._incarnation, members=self._table.snapshots())
-        self._c["syncs"] += 1
+        self._c.syncs += 1
         try:
             state = await self.bus.request(
                 subject, msg, expect=SyncState, timeout=timeout, sender=self.id
@@ -470,8 +377,8 @@ class SwimMember:
 
     # --- receiving ---------------------------------------------------------------------------
     async def _on_inbox(self, msg: Incoming[InboxMessage]) -> None:
-        await self._resumed.wait()
-        self._c["received"] += 1
+        await self._gate.wait()
+        self._c.received += 1
         if self._leaving:
             # still answer while telling others, so a probe does not turn a leave into a death
             if isinstance(msg.body, Ping):
@@ -488,15 +395,15 @@ class SwimMember:
                 await self._on_sync(msg.body, msg)
 
     async def _on_seed(self, msg: Incoming[Sync]) -> None:
-        await self._resumed.wait()
-        self._c["received"] += 1
+        await self._gate.wait()
+        self._c.received += 1
         if not self._leaving:
             await self._on_sync(msg.body, msg)
 
     async def _on_sync(self, body: Sync, msg: Incoming[InboxMessage] | Incoming[Sync]) -> None:
         if not body.observer:
             self._absorb(body.sender, body.incarnation, body.members)
-        self._c["acks"] += 1
+        self._c.acks += 1
         # after the merge this table dominates the pushed one: send back only what differs
         reply = SyncState(
             sender=self.id,
@@ -513,7 +420,7 @@ class SwimMember:
             target=self.id,
             updates=self._piggyback(to),
         )
-        self._c["acks"] += 1
+        self._c.acks += 1
         with contextlib.suppress(*_PROBE_ERRORS):
             await msg.respond(ack, sender=self.id)
 
@@ -526,7 +433,7 @@ class SwimMember:
             target=target,
             updates=self._piggyback(requester),
         )
-        self._c["acks"] += 1
+        self._c.acks += 1
         with contextlib.suppress(*_PROBE_ERRORS):
             await msg.respond(ack, sender=self.id)
 
@@ -561,7 +468,7 @@ class SwimMember:
         bump = refute = False
         if update.state is not MemberState.ALIVE and update.incarnation >= self._incarnation:
             self._incarnation = min(update.incarnation + 1, MAX_INCARNATION)
-            self._c["refutations"] += 1
+            self._c.refutations += 1
             self._log.info(
                 "gossip.refute", accused=update.state.value, incarnation=self._incarnation
             )
@@ -644,7 +551,7 @@ class SwimMember:
             try:
                 watcher.send_nowait(event)
             except anyio.WouldBlock:
-                self._c["dropped"] += 1
+                self._c.dropped += 1
 
     def _suspect(self, target: str, incarnation: int, *, since: float) -> None:
         """Suspect ``target`` at the ``incarnation`` a probe started ``since`` tested.
@@ -658,7 +565,7 @@ class SwimMember:
             return
         if entry.incarnation != incarnation or self._heard.get(target, -math.inf) >= since:
             return
-        self._c["suspicions"] += 1
+        self._c.suspicions += 1
         self._apply(Update(member=target, state=MemberState.SUSPECT, incarnation=incarnation))
 
     def _expire_suspicions(self, now: float) -> None:
@@ -694,7 +601,7 @@ class SwimMember:
             self.config.retransmit_limit(self._group_size()),
             skip=[u.member for u in first],
         )
-        self._c["updates"] += len(out)
+        self._c.updates += len(out)
         return tuple(out)
 
 
