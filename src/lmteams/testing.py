@@ -7,12 +7,15 @@ wait for what they expect to happen rather than sleeping for as long as it usual
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable
+import signal
+import subprocess
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 
 import anyio
 from structlog.testing import capture_logs
 
-__all__ = ("capture_logs", "wait_until")
+__all__ = ("capture_logs", "wait_until", "stop_processes")
 
 
 async def wait_until(
@@ -34,3 +37,20 @@ async def wait_until(
             if outcome:
                 return
             await anyio.sleep(interval)
+
+
+def stop_processes(procs: Iterable[subprocess.Popen[Any]], *, timeout: float = 30.0) -> None:
+    """SIGTERM every process still running, wait for each, SIGKILL what outlives ``timeout``.
+
+    All are signalled first, so a team drains in parallel; a test's processes never outlive it.
+    """
+    procs = list(procs)
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

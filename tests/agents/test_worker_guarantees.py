@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -51,7 +50,7 @@ from lmteams.hardware import (
     SimulatedBackend,
     resolve_model,
 )
-from lmteams.testing import wait_until
+from lmteams.testing import stop_processes, wait_until
 
 TEAM = "guard"
 S = Subjects(TEAM)
@@ -135,13 +134,7 @@ async def agent_process(url: str, name: str) -> AsyncIterator[subprocess.Popen[b
     try:
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_processes([proc])
 
 
 @contextlib.asynccontextmanager

@@ -26,7 +26,7 @@ from lmteams.agents import Ping, Pong, Stop, TeamClient
 from lmteams.bus import Bus, Codec, EmbeddedServer, Subjects, open_bus
 from lmteams.errors import DecodeError
 from lmteams.gossip import observe_members, open_member
-from lmteams.testing import wait_until
+from lmteams.testing import stop_processes, wait_until
 
 TEAM = "fuzz"
 S = Subjects(TEAM)
@@ -142,14 +142,7 @@ async def agents(nats_server: EmbeddedServer, tmp_path: Path) -> AsyncIterator[A
                 await wait_until(lambda n=name: _answers(bus, n), timeout=60)
         yield Agents(procs=procs, logs=logs, pids={n: p.pid for n, p in procs.items()})
     finally:
-        for proc in procs.values():
-            proc.terminate()
-        for proc in procs.values():
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_processes(procs.values())
 
 
 async def _answers(bus: Bus, name: str) -> bool:

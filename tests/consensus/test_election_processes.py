@@ -9,6 +9,7 @@ import sys
 import anyio
 
 from lmteams.bus import EmbeddedServer, Subjects, open_bus, open_kv
+from lmteams.testing import stop_processes
 
 TEAM = "elect-proc"
 TTL = 1.5
@@ -44,12 +45,4 @@ async def test_killing_the_leader_process_hands_the_role_over(nats_server: Embed
             assert successor in procs and successor != leader
             assert new_token > token  # the fencing token grew with the new term
     finally:
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in procs.values():
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_processes(procs.values())

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -16,6 +15,7 @@ import pytest
 from lmteams.agents import AgentInfo, read_state
 from lmteams.bus import Bus, Codec, Incoming, Subjects, free_port, open_bus
 from lmteams.hardware import resolve_model
+from lmteams.testing import stop_processes
 
 TEAM = "e2e"
 
@@ -89,13 +89,7 @@ async def team(model_path: str, team_home: Path) -> AsyncIterator[Team]:
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    stop_processes([proc], timeout=60)
 
 
 def _assert_no_orphans() -> None:

@@ -21,7 +21,7 @@ import pytest
 
 from lmteams.bus import Bus, Codec, EmbeddedServer, ErrorReply, RawMsg, Subjects
 from lmteams.gossip import MemberState, SwimConfig, SwimMember, open_member
-from lmteams.testing import wait_until
+from lmteams.testing import stop_processes, wait_until
 
 TEAM = "forged"
 S = Subjects(TEAM)
@@ -130,14 +130,8 @@ def member_procs(nats_server: EmbeddedServer) -> Iterator[list[subprocess.Popen[
     try:
         yield procs
     finally:
+        stop_processes(procs, timeout=20)
         for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
             if proc.stdout is not None:
                 proc.stdout.close()
 
