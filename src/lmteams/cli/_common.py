@@ -43,8 +43,13 @@ def _console(*, stderr: bool) -> Console:
     """A console that wraps only for people: piped output keeps each line whole, so a URL or a
     command printed for copying is never split in two (rich wraps at 80 columns otherwise)."""
     stream = sys.stderr if stderr else sys.stdout
-    return Console(stderr=stderr, soft_wrap=not stream.isatty())
+    if stream.isatty():
+        return Console(stderr=stderr)
+    # piped: tables get room for their natural width instead of 80 columns of wrapped cells
+    return Console(stderr=stderr, soft_wrap=True, width=_PIPED_WIDTH)
 
+
+_PIPED_WIDTH = 160
 
 out = _console(stderr=False)
 err = _console(stderr=True)

@@ -8,11 +8,11 @@ from typing import Annotated
 import anyio
 import msgspec
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from lmteams.bus import open_bus, run_server
 from lmteams.cli._common import fail
+from lmteams.cli._common import out as _out
 from lmteams.errors import LmteamsError
 from lmteams.study import (
     ARCHITECTURES,
@@ -26,9 +26,6 @@ from lmteams.study import (
 )
 
 __all__ = ("plan_cmd",)
-
-_out = Console()
-_err = Console(stderr=True)
 
 
 class Verification(msgspec.Struct, frozen=True, kw_only=True):

@@ -9,10 +9,11 @@ from typing import Annotated, cast
 
 import msgspec
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from lmteams.cli._common import err as _err
 from lmteams.cli._common import fail
+from lmteams.cli._common import out as _out
 from lmteams.errors import ConfigError, LmteamsError
 from lmteams.study import (
     DEFAULT_TOKENS_PER_S,
@@ -42,8 +43,6 @@ study_app = typer.Typer(
     no_args_is_help=True,
 )
 
-_out = Console()
-_err = Console(stderr=True)
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
 PaperDataOpt = Annotated[
