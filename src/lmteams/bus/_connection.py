@@ -134,15 +134,22 @@ class Incoming(Generic[T]):
     async def respond(self, body: msgspec.Struct, *, sender: str | None = None) -> None:
         """Reply in the caller's encoding (JSON callers get JSON), keeping its trace id."""
         msg = self.msg
-        if not msg.reply:
-            return
-        if not is_reply_address(msg.reply):
-            log.warning("bus.reply_refused", subject=self.subject, reply=msg.reply[:200])
+        if not _may_reply(msg):
             return
         headers = msg.headers
         await self._bus.publish(
             msg.reply, body, sender=sender, trace=self.trace or None, json=is_json(headers)
         )
+
+
+def _may_reply(msg: Msg) -> bool:
+    """Whether ``msg`` has a reply subject an agent may publish on (logged when refused)."""
+    if not msg.reply:
+        return False
+    if not is_reply_address(msg.reply):
+        log.warning("bus.reply_refused", subject=msg.subject, reply=msg.reply[:200])
+        return False
+    return True
 
 
 def is_json(headers: dict[str, str] | None) -> bool:
@@ -350,8 +357,7 @@ class Bus:
         return Subscription(sub, subject)
 
     async def _reply_error(self, msg: Msg, kind: str, message: str, *, field: str = "") -> None:
-        if not is_reply_address(msg.reply):
-            log.warning("bus.reply_refused", subject=msg.subject, reply=msg.reply[:200])
+        if not _may_reply(msg):
             return
         envelope = Envelope.from_headers(msg.headers)
         with contextlib.suppress(nats.errors.ConnectionClosedError):

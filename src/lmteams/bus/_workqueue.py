@@ -18,7 +18,7 @@ from nats.js import api
 
 from lmteams.bus._connection import Bus
 from lmteams.bus._jetstream import _retrying
-from lmteams.bus._subjects import Subjects
+from lmteams.bus._subjects import TASKS_CONSUMER, Subjects
 from lmteams.errors import BusError, ConfigError
 
 __all__ = ("Delivery", "WorkQueue", "WorkQueueSettings", "open_work_queue", "last_message")
@@ -35,7 +35,7 @@ class WorkQueueSettings(msgspec.Struct, frozen=True, kw_only=True):
     task cannot be left in the queue unanswered by JetStream giving up first.
     """
 
-    durable: str = "workers"
+    durable: str = TASKS_CONSUMER
     ack_wait_s: float = 30.0
     max_deliveries: int = 5
     retry_delay_s: float = 1.0
@@ -160,11 +160,7 @@ async def last_message(
     async def attempt() -> tuple[bytes, dict[str, str]] | None:
         if direct:
             return await _direct_last(bus, stream, subject)
-        try:
-            msg = await bus.js.get_last_msg(stream, subject)
-        except nats.js.errors.NotFoundError:
-            return None
-        return bytes(msg.data or b""), dict(msg.headers or {})
+        return await _leader_last(bus, stream, subject)
 
     return await _retrying(f"reading {subject} from {stream}", attempt, timeout=timeout)
 
@@ -180,11 +176,7 @@ async def _direct_last(bus: Bus, stream: str, subject: str) -> tuple[bytes, dict
             f"$JS.API.DIRECT.GET.{stream}.{subject}", b"", timeout=5.0, headers={}
         )
     except nats.errors.NoRespondersError:  # a stream made without allow_direct: ask its leader
-        try:
-            stored = await bus.js.get_last_msg(stream, subject)
-        except nats.js.errors.NotFoundError:
-            return None
-        return bytes(stored.data or b""), dict(stored.headers or {})
+        return await _leader_last(bus, stream, subject)
     headers = dict(msg.headers or {})
     status = headers.get("Status")
     if not msg.data and status:
@@ -194,3 +186,12 @@ async def _direct_last(bus: Bus, stream: str, subject: str) -> tuple[bytes, dict
             raise nats.js.errors.ServiceUnavailableError
         raise BusError(f"direct get of {subject} from {stream}: {status} {headers}")
     return bytes(msg.data), headers
+
+
+async def _leader_last(bus: Bus, stream: str, subject: str) -> tuple[bytes, dict[str, str]] | None:
+    """The last message on ``subject`` through the stream leader's API (``STREAM.MSG.GET``)."""
+    try:
+        msg = await bus.js.get_last_msg(stream, subject)
+    except nats.js.errors.NotFoundError:
+        return None
+    return bytes(msg.data or b""), dict(msg.headers or {})
