@@ -37,7 +37,6 @@ from lmteams.bus import (
     WorkQueueSettings,
     ensure_team_streams,
     open_bus,
-    validate_token,
 )
 from lmteams.cli._common import (
     NatsOption,
@@ -51,6 +50,7 @@ from lmteams.cli._common import (
     runs_on,
     setup_logs,
     team_subjects,
+    token,
 )
 from lmteams.consensus import LeaderElection
 from lmteams.errors import ConfigError, LmteamsError
@@ -143,9 +143,9 @@ def agent_start(
     """Join a team and serve its tasks until SIGTERM (which drains)."""
     setup_logs(json=json_logs, default_level="info")
     team_subjects(team)
-    _token(name, "agent name", "--name")
+    token(name, "agent name", "--name")
     for role in elect or ():
-        _token(role, "role", "--elect")
+        token(role, "role", "--elect")
     check_backend(backend, sim_device)
     if backend != "sim":
         try:
@@ -170,14 +170,6 @@ def agent_start(
     services.append(_gossiping(team, {"device": backend, "model": Path(model).stem}))
     code = run_async(lambda: run_daemon(config, services=services))
     raise typer.Exit(code=code)
-
-
-def _token(value: str, what: str, option: str) -> None:
-    """A usage error naming ``option`` when ``value`` cannot be one NATS subject token."""
-    try:
-        validate_token(value, what)
-    except ConfigError as exc:
-        raise typer.BadParameter(str(exc), param_hint=f"'{option}'") from None
 
 
 def _standing_for(team: str, role: str, ttl: float) -> Service:

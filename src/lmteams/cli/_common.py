@@ -14,7 +14,7 @@ from rich.markup import escape
 from typer._click.exceptions import ClickException  # typer vendors click; not re-exported
 from typer.core import TyperGroup
 
-from lmteams.bus import Subjects
+from lmteams.bus import Subjects, validate_token
 from lmteams.errors import ConfigError, LmteamsError
 from lmteams.hardware import BACKEND_KINDS, DEVICE_CLASSES
 from lmteams.logging import configure
@@ -34,9 +34,13 @@ __all__ = (
     "runs_on",
     "setup_logs",
     "team_subjects",
+    "token",
 )
 
 T = TypeVar("T")
+
+
+_PIPED_WIDTH = 160  # columns for piped output: wide enough for any of our tables
 
 
 def _console(*, stderr: bool) -> Console:
@@ -48,8 +52,6 @@ def _console(*, stderr: bool) -> Console:
     # piped: tables get room for their natural width instead of 80 columns of wrapped cells
     return Console(stderr=stderr, soft_wrap=True, width=_PIPED_WIDTH)
 
-
-_PIPED_WIDTH = 160
 
 out = _console(stderr=False)
 err = _console(stderr=True)
@@ -135,12 +137,17 @@ def runs_on(backend: str, model: str, sim_device: str) -> str:
     return f"{model} ({backend})"
 
 
+def token(value: str, what: str, option: str) -> str:
+    """``value`` if it can be one NATS subject token, else a usage error naming ``option``."""
+    try:
+        return validate_token(value, what)
+    except ConfigError as exc:
+        raise typer.BadParameter(str(exc), param_hint=f"'{option}'") from None
+
+
 def team_subjects(team: str) -> Subjects:
     """The team's subject tree, or a usage error naming --team (checked before any connect)."""
-    try:
-        return Subjects(team)
-    except ConfigError as exc:
-        raise typer.BadParameter(str(exc), param_hint="'--team'") from None
+    return Subjects(token(team, "team name", "--team"))
 
 
 def setup_logs(*, json: bool = False, default_level: str = "warning") -> None:
