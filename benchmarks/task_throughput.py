@@ -6,8 +6,8 @@ arrive on the results subjects; the rate is taken between the 10th and the 90th 
 result, so process start-up (imports, connecting, binding the consumer) stays out and the
 figure is the steady state. Trials alternate between the two sides; medians.
 
-- lmteams: each process runs an agent runtime with one ``WorkerAgent`` on the simulated
-  backend with ``time_scale=0`` (answers at once: only lmteams and the bus are measured).
+- lmteams: each process runs an agent runtime with one ``WorkerAgent`` on a backend that
+  answers at once (``InstantBackend``: only lmteams and the bus are measured).
   Per task it does what it does in production: decode and validate the task, look up an
   earlier result for the task id, progress events, a claim-extension task, the result
   published durably with ``Nats-Msg-Id``, the ack confirmed by the server, log calls.
@@ -29,12 +29,14 @@ Run: .venv/bin/python benchmarks/task_throughput.py [--quick] [--tasks N] [--tri
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -47,18 +49,45 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import emit, figure, quiet_logs
 from lmteams.agents import Task
 from lmteams.bus import EmbeddedServer, Subjects, ensure_team_streams, open_bus, run_server
+from lmteams.hardware import Backend, Completion, GenerateRequest, Timings, estimate_tokens
 
-SIM_DEVICE = "h100-cuda"
+INSTANT = "instant"
 
 
 # --- worker processes --------------------------------------------------------------------
-async def lmteams_worker(url: str, team: str, name: str) -> None:
-    from lmteams.agents import WorkerAgent, WorkerConfig, open_runtime
-    from lmteams.hardware import BackendConfig
+class InstantBackend:
+    """A backend that answers at once and counts tokens as the simulated one does.
 
-    backend = BackendConfig(kind="sim", sim_device=SIM_DEVICE, time_scale=0.0)
+    Not the simulated backend with ``time_scale=0``: that one still draws its modelled
+    latencies, failures and log-probabilities per call, which is model simulation, not
+    lmteams. This one is the least a backend can do, so the figure is lmteams and the bus.
+    """
+
+    device, model, n_ctx = INSTANT, "instant", 2048
+
+    async def count_tokens(self, request: GenerateRequest) -> int:
+        return estimate_tokens(request.prompt) + estimate_tokens(request.system or "")
+
+    async def generate(self, request: GenerateRequest) -> Completion:
+        return Completion(
+            text="x", tokens_in=await self.count_tokens(request), tokens_out=1,
+            timings=Timings(), finish_reason="stop", device=INSTANT, model=self.model,
+        )  # fmt: skip
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def lmteams_worker(url: str, team: str, name: str) -> None:
+    from lmteams.agents import WorkerAgent, open_runtime
+
+    class Worker(WorkerAgent):
+        @contextlib.asynccontextmanager
+        async def open_backend(self) -> AsyncIterator[Backend]:
+            yield InstantBackend()
+
     async with open_bus(url, name=name) as bus, open_runtime(bus, team) as runtime:
-        await runtime.spawn(lambda: WorkerAgent(WorkerConfig(backend=backend)), actor_id=name)
+        await runtime.spawn(Worker, actor_id=name)
         await anyio.sleep_forever()
 
 
@@ -193,7 +222,7 @@ async def main(args: argparse.Namespace) -> None:
             trials=args.trials,
             per_trial_lmteams=[round(r["tasks_per_s"], 1) for r in runs["lmteams"]],
             per_trial_raw=[round(r["tasks_per_s"], 1) for r in runs["raw"]],
-            backend=f"sim:{SIM_DEVICE}, time_scale=0",
+            backend="instant (answers at once; tokens counted as the simulated backend does)",
         ),
         figure(
             "server in_msgs per task, lmteams / raw",

@@ -208,6 +208,21 @@ async def test_drain_finishes_the_task_in_flight(bus: Bus) -> None:
     assert result is not None and result.ok
 
 
+async def test_a_task_longer_than_ack_wait_keeps_its_claim(bus: Bus) -> None:
+    # generations of 2-4 s against a 1 s ack_wait: only the claim extensions keep the task
+    # from being redelivered to the idle second agent
+    slow, idle = SimWorker(slow=20.0, ack_wait=1.0), SimWorker(ack_wait=1.0)
+    async with open_runtime(bus, TEAM) as rt:
+        await rt.spawn(slow, actor_id="w1")
+        await TeamClient(bus, TEAM).publish(Task(id="long-1", prompt="long", max_tokens=400))
+        await wait_until(lambda: slow.in_flight == 1)
+        await rt.spawn(idle, actor_id="w2")
+        result = await TeamClient(bus, TEAM).wait("long-1", timeout=30)
+    assert result.ok and result.agent == "w1" and result.deliveries == 1
+    assert result.total_s > 1.0  # it did outlast ack_wait
+    assert idle.generated == 0
+
+
 async def test_stopped_mid_task_hands_the_task_back(bus: Bus) -> None:
     s = Subjects(TEAM)
     worker = SimWorker(slow=1.0)

@@ -69,11 +69,11 @@ async def test_plain_nats_client_gets_json(team: Team) -> None:
 
 
 async def _claimed_by(team: Team, task_id: str) -> str:
-    """Wait until an agent is generating ``task_id``; return that agent's name."""
+    """Wait until an agent has taken ``task_id``; return that agent's name."""
     who: list[str] = []
 
     async def on_progress(inc: Incoming[Progress]) -> None:
-        if inc.body.stage == Stage.GENERATING:
+        if inc.body.stage == Stage.CLAIMED:
             who.append(inc.body.agent)
 
     sub = await team.bus.subscribe(

@@ -97,7 +97,7 @@ class Stage(StrEnum):
     """Progress stages; on the wire they are plain strings."""
 
     CLAIMED = "claimed"
-    GENERATING = "generating"
+    """Taken from the queue and being answered (the detail says which delivery)."""
     DONE = "done"
     FAILED = "failed"
     HANDED_BACK = "handed_back"

@@ -39,6 +39,7 @@ class TaskPath:
     def __init__(self, agent: WorkerAgent) -> None:
         self._agent = agent
         self.refusals = Refusals(agent)
+        self._claimed: set[Delivery] = set()
 
     async def process(self, delivery: Delivery) -> None:
         """Handle one delivery. Whatever it carries, a failure fails this delivery alone.
@@ -108,11 +109,11 @@ class TaskPath:
         started = time.time()
         await self._progress(task.id, Stage.CLAIMED, f"delivery {delivery.deliveries}")
         ctx.log.info("task.started", deliveries=delivery.deliveries)
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._keep_claim, delivery)
-            await self._progress(task.id, Stage.GENERATING)
+        self._claimed.add(delivery)
+        try:
             result = await self._run(task, request, delivery, started)
-            tg.cancel_scope.cancel()
+        finally:
+            self._claimed.discard(delivery)
         if not await self.refusals.store(delivery, result, json):
             return
         await delivery.ack()
@@ -137,13 +138,19 @@ class TaskPath:
             agent.context.log.warning("task.failed", kind=kind, error=str(err))
             return result_of(task, me, delivery, started, error=(kind, str(err) or kind))
 
-    async def _keep_claim(self, delivery: Delivery) -> None:
-        """Tell JetStream the task is still being worked on, well within ``ack_wait``."""
+    async def keep_claims(self) -> None:
+        """Tell JetStream the tasks being answered are still worked on, well within ``ack_wait``.
+
+        One loop for the agent's life, not a task per task: a task that ends between two
+        ticks costs nothing, and one that runs longer is extended at least every third of
+        ``ack_wait``.
+        """
         interval = max(0.1, self._agent.config.queue.ack_wait_s / 3)
         while True:
             await anyio.sleep(interval)
-            with contextlib.suppress(Exception):
-                await delivery.in_progress()
+            for delivery in list(self._claimed):
+                with contextlib.suppress(Exception):
+                    await delivery.in_progress()
 
     async def _progress(self, task_id: str, stage: Stage, detail: str = "") -> None:
         ctx = self._agent.context

@@ -112,6 +112,7 @@ class WorkerAgent(Actor):
     async def run(self) -> None:
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._heartbeats)
+            tg.start_soon(self._tasks.keep_claims)
             while not self._draining:
                 assert self._queue is not None
                 delivery = await self._queue.fetch(timeout=self.config.fetch_timeout_s)

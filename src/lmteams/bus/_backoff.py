@@ -87,15 +87,25 @@ async def retrying(
 
     Only for calls that are safe to repeat; any other error propagates at once. After the
     deadline the caller gets a BusError naming ``what`` (and ``hint``, the likely cause).
+
+    ``call`` must bound each try itself (a request timeout): the first try runs outside the
+    deadline's cancel scope, so the common case, a call that succeeds at once, pays for no
+    scope and no counter (this sits on every stored result and every duplicate check).
     """
+    deadline = anyio.current_time() + timeout
+    try:
+        return await call()
+    except retry_on as err:
+        failed = err
     counter = backoff.counter()
-    with anyio.move_on_after(timeout):
+    with anyio.move_on_at(deadline):
         while True:
+            delay = counter.next_delay()
+            log.debug("bus.retry", what=what, error=type(failed).__name__, in_s=round(delay, 3))
+            await anyio.sleep(delay)
             try:
                 return await call()
             except retry_on as err:
-                delay = counter.next_delay()
-                log.debug("bus.retry", what=what, error=type(err).__name__, in_s=round(delay, 3))
-                await anyio.sleep(delay)
+                failed = err
     cause = f" ({hint})" if hint else ""
     raise BusError(f"{what} did not succeed within {timeout:g}s{cause}")

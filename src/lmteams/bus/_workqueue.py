@@ -46,11 +46,12 @@ class WorkQueueSettings(msgspec.Struct, frozen=True, kw_only=True):
 class Delivery:
     """One task handed to this agent. Settle it exactly once: ack, nak or term."""
 
-    __slots__ = ("_msg", "settled")
+    __slots__ = ("_deliveries", "_msg", "settled")
 
     def __init__(self, msg: Msg) -> None:
         self._msg = msg
         self.settled = False
+        self._deliveries = 0
 
     @property
     def data(self) -> bytes:
@@ -71,7 +72,9 @@ class Delivery:
     @property
     def deliveries(self) -> int:
         """1 on first delivery, more when JetStream redelivered it."""
-        return int(self._msg.metadata.num_delivered)
+        if not self._deliveries:  # parsed from the reply subject: once, not on every read
+            self._deliveries = int(self._msg.metadata.num_delivered)
+        return self._deliveries
 
     async def ack(self) -> None:
         """Done: JetStream removes the task (work-queue retention).

@@ -35,7 +35,7 @@ QUESTIONS = (
 )
 
 
-_STYLES: dict[str, str] = {Stage.DONE: "green", Stage.FAILED: "red", Stage.GENERATING: "yellow"}
+_STYLES: dict[str, str] = {Stage.DONE: "green", Stage.FAILED: "red", Stage.CLAIMED: "yellow"}
 
 
 class _Board:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Protocol, runtime_checkable
+from typing import Protocol, cast, runtime_checkable
 
 import anyio
 import msgspec
@@ -70,8 +70,10 @@ class PromptFit(msgspec.Struct, frozen=True, kw_only=True):
 
 async def prompt_fit(backend: Backend, request: GenerateRequest) -> PromptFit:
     """Count ``request`` against ``backend``'s context without generating anything."""
-    if isinstance(backend, TokenCounter):
-        tokens, n_ctx = await backend.count_tokens(request), backend.n_ctx
+    # what a runtime-checkable isinstance asks, without its cost on every queued task
+    if hasattr(backend, "count_tokens") and hasattr(backend, "n_ctx"):
+        counter = cast("TokenCounter", backend)
+        tokens, n_ctx = await counter.count_tokens(request), counter.n_ctx
         room = max(0, n_ctx - tokens)
         return PromptFit(
             prompt_tokens=tokens, n_ctx=n_ctx, max_tokens=min(request.max_tokens, room)
