@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-from lmteams.bus import Subjects
+from lmteams.bus import KEYS_BUCKET, Subjects
 
 __all__ = ("hostile_inputs",)
 
@@ -74,9 +74,10 @@ def _body(rng: random.Random, agents: list[str], as_json: bool) -> bytes:
 
 def _subjects(subjects: Subjects, agents: list[str]) -> list[str]:
     out = [subjects.tasks, subjects.role("worker"), subjects.gossip_seed, subjects.vote("hx1")]
-    out += [subjects.gossip(topic) for topic in ("join", "heartbeat", "leave")]
+    keys = subjects.kv_bucket(KEYS_BUCKET)  # bindings are write-once: every try is refused
     for agent in agents:
         out += [subjects.agent(agent), subjects.control(agent), subjects.gossip_member(agent)]
+        out.append(f"$KV.{keys}.{agent}")
     return out
 
 

@@ -17,9 +17,9 @@ missed while it was reconnecting (core NATS is at-most-once; the stream is the r
 - ``faults``: agent kills plus node kills.
 - ``hostile_inputs``: messages an outsider could publish (random bytes, malformed and deeply
   nested bodies, hostile ids and values, wrong ``Lmt`` headers and content types; see
-  ``_hostile.py``) sent on the tasks subject, inboxes, role, control, gossip and vote subjects
-  while the run goes on; ``restarts_from_input`` are agent restarts beyond the kills (each
-  kill -9 costs exactly one restart), the target 0.
+  ``_hostile.py``) sent on the tasks subject, inboxes, role, control, gossip, key-binding
+  and vote subjects while the run goes on; ``restarts_from_input`` are agent restarts
+  beyond the kills (each kill -9 costs exactly one restart), the target 0.
 
 Caveats: a 2-core shared VM; timings vary run to run, the counts are the point, not the speed.
 
@@ -48,7 +48,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import machine, parse_spec, quiet_logs
 from _hostile import hostile_inputs
 from lmteams.agents import (
-    AgentInfo,
+    Ping,
+    Pong,
     Result,
     Supervisor,
     SupervisorConfig,
@@ -69,7 +70,8 @@ from lmteams.bus import (
     open_bus,
     publish_durable,
 )
-from lmteams.errors import BusError
+from lmteams.errors import BusError, LmteamsError
+from lmteams.testing import wait_until
 
 __all__ = ("ChaosSpec", "ResultLedger", "chaos_run", "wait_for_agents", "publish_all")
 
@@ -142,22 +144,18 @@ class ResultLedger:
         }
 
 
-async def wait_for_agents(bus: Bus, subjects: Subjects, count: int, timeout: float) -> None:
-    """Until ``count`` distinct agents have announced themselves on gossip.join."""
-    joined: set[str] = set()
-    all_in = anyio.Event()
+async def wait_for_agents(bus: Bus, subjects: Subjects, names: list[str], timeout: float) -> None:
+    """Until every named agent's worker answers a ping: it serves."""
 
-    async def on_join(inc: Incoming[AgentInfo]) -> None:
-        joined.add(inc.body.agent)
-        if len(joined) >= count:
-            all_in.set()
+    async def serves(name: str) -> bool:
+        try:
+            await bus.request(subjects.agent(name), Ping(), expect=Pong, timeout=1)
+        except LmteamsError:  # not serving yet: no responders, timeout
+            return False
+        return True
 
-    sub = await bus.subscribe(subjects.gossip("join"), on_join, codec=Codec(AgentInfo))
-    try:
-        with anyio.fail_after(timeout):
-            await all_in.wait()
-    finally:
-        await sub.unsubscribe()
+    for name in names:
+        await wait_until(lambda n=name: serves(n), timeout=timeout)
 
 
 async def publish_all(
@@ -225,7 +223,7 @@ async def _team(
         )
         async with open_supervisor(config) as supervisor:
             await supervisor.start_agents("sim")
-            await wait_for_agents(bus, subjects, spec.agents, timeout=90)
+            await wait_for_agents(bus, subjects, supervisor.agent_names(), timeout=90)
             yield bus, subjects, supervisor, ledger
 
 

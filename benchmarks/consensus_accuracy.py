@@ -144,9 +144,7 @@ async def sample(qs: list[Question], threads: int, temperature: float) -> list[R
         await ensure_team_streams(bus, Subjects(TEAM))
         for i, agent in enumerate(agents):
             await rt.spawn(agent, actor_id=f"voter-{i + 1}", roles=("worker",))
-        await wait_until(
-            lambda: all(a.roster and len(a.roster.live()) == VOTERS for a in agents), timeout=60
-        )
+        await wait_until(lambda: len(rt.membership.live()) == VOTERS, timeout=60)
         client = TeamClient(bus, TEAM)
         started = time.monotonic()
         limiter = anyio.Semaphore(2)

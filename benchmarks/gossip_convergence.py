@@ -15,12 +15,19 @@ member that was alive at the kill has declared it dead. Meanwhile other members 
 half by default): slow, not dead; any death declared about a member that was not killed is
 a false death.
 
+Consumers: every process that acts on liveness reads one membership view
+(``GossipMembership``): a strategy's, in an agent process (hosting a member), a dispatcher's
+and ``lmteams status``'s (observers, which pull a member's table every period). Three such
+views follow the swarm; ``dead_everywhere_s`` is, per crash, the time until the last of them
+says dead: what "strategies stop asking it, dispatch stops placing on it, status shows it
+dead" waits for, detection plus the observers' lag of up to one period.
+
 Figures, one per N: value = within_bound, the fraction of dissemination trials within the
 bound; baseline = 1.0 (every trial within the bound), so ratio = within_bound; target 0.99.
-Each also carries rounds p50/p99, detection seconds and periods p50/p99, messages sent per
-member per period (constant in N is the claim: one ping and about one ack, a few ping-reqs,
-a sync every 10 periods), the same during the detection trials, and the false-death count
-(target 0).
+Each also carries rounds p50/p99 (and p99 over log2 N), detection seconds and periods
+p50/p99, dead_everywhere_s p50/p99, messages sent per member per period (constant in N
+is the claim: one ping and about one ack, a few ping-reqs, a sync every 10 periods), the
+same during the detection trials, and the false-death count (target 0).
 
 Caveats: one Python process runs all members, so its event loop is the bottleneck; the
 period grows with N (see ``period_for``) to keep the loop below saturation, and rounds are
@@ -40,12 +47,14 @@ Run: .venv/bin/python benchmarks/gossip_convergence.py [--quick] [--sizes 8,16] 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import math
 import random
 import statistics
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -54,13 +63,16 @@ from anyio.abc import TaskGroup, TaskStatus
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import emit, figure, quiet_logs
+from lmteams.agents import MemberFacts
 from lmteams.bus import Bus, open_bus, run_server
 from lmteams.gossip import (
     ChangeKind,
+    GossipMembership,
     MemberEvent,
     SwimConfig,
     SwimMember,
     open_member,
+    open_membership,
     pause_member,
 )
 
@@ -107,6 +119,7 @@ class Swarm:
         self.spreading: dict[str, Trial] = {}  # origin -> open dissemination trial
         self.killed: dict[str, Trial] = {}  # victim -> open detection trial
         self.ever_killed: set[str] = set()
+        self.crashes: list[tuple[str, float]] = []  # victim, crashed at
         self.false_deaths: list[tuple[str, str]] = []
 
     async def spawn(self) -> SwimMember:
@@ -135,6 +148,7 @@ class Swarm:
         _, scope = self.members.pop(name)
         self.ever_killed.add(name)
         self.killed[name] = Trial(0, name, set(self.members))
+        self.crashes.append((name, time.monotonic()))
         scope.cancel()
 
     def crash_all(self) -> None:
@@ -180,6 +194,59 @@ class Swarm:
         return sent / max(1, periods)
 
 
+class Consumers:
+    """The views that act on liveness: a strategy's (hosting a member), a dispatcher's and
+    ``lmteams status``'s (observers); when each first said a member is dead."""
+
+    def __init__(self, views: dict[str, GossipMembership], period: float) -> None:
+        self.views = views
+        self.period = period
+        self.dead_at: dict[str, dict[str, float]] = {role: {} for role in views}
+
+    async def watch(self, role: str) -> None:
+        view, seen = self.views[role], self.dead_at[role]
+        while True:
+            now = time.monotonic()
+            for info in view.members():
+                if info.state == "dead":
+                    seen.setdefault(info.name, now)
+            with anyio.move_on_after(self.period):
+                await view.wait_changed()
+
+    def dead_everywhere(self, victim: str) -> float | None:
+        """When the last view said ``victim`` is dead (None while one has not)."""
+        times = [seen.get(victim) for seen in self.dead_at.values()]
+        return None if None in times else max(t for t in times if t is not None)
+
+    async def settle(self, crashes: list[tuple[str, float]], limit: float) -> list[float]:
+        """Seconds from each crash until every view said dead (inf past ``limit``)."""
+        with anyio.move_on_after(limit):
+            while any(self.dead_everywhere(v) is None for v, _ in crashes):  # noqa: ASYNC110
+                await anyio.sleep(self.period / 4)
+        return [
+            math.inf if (at := self.dead_everywhere(v)) is None else at - start
+            for v, start in crashes
+        ]
+
+
+@contextlib.asynccontextmanager
+async def consumers(bus: Bus, team: str, config: SwimConfig) -> AsyncIterator[Consumers]:
+    async with (
+        open_membership(bus, team, config=config) as strategy,
+        open_membership(bus, team, config=config) as dispatch,
+        open_membership(bus, team, config=config) as status,
+        anyio.create_task_group() as tg,
+    ):
+        await strategy.join("strategy-host", MemberFacts(device="sim"))  # an agent process
+        seen = Consumers(
+            {"strategy": strategy, "dispatch": dispatch, "status": status}, config.period_s
+        )
+        for role in seen.views:
+            tg.start_soon(seen.watch, role)
+        yield seen
+        tg.cancel_scope.cancel()
+
+
 async def disseminate(swarm: Swarm, trials: int, period: float, limit: float) -> list[float]:
     """Rounds per trial (inf for a trial that timed out)."""
     results: list[float] = []
@@ -212,7 +279,8 @@ async def disseminate(swarm: Swarm, trials: int, period: float, limit: float) ->
 async def detect(
     swarm: Swarm, trials: int, period: float, limit: float, *, concurrency: int, pause: float
 ) -> tuple[list[float], int]:
-    """Seconds per detection trial (inf if not all survivors declared death in time)."""
+    """Seconds per detection trial (inf if not all survivors declared death in time); the
+    victims and their crash times are in ``swarm.crashes``."""
     results: list[float] = []
     pauses = 0
     started = 0
@@ -262,19 +330,22 @@ async def run_size(url: str, n: int, trials: int, pause: float) -> dict[str, Any
         # at once (separate agent processes never do), longer than a ping timeout
         gc.collect()
         gc.freeze()
-        start = swarm.counters()
-        rounds = await disseminate(swarm, trials, period, limit=4 * bound * period)
-        msgs = swarm.message_rate(start)
-        detection_limit = config.dead_timeout(n) + 6 * bound * period
-        start = swarm.counters()
-        detections, pauses = await detect(
-            swarm, trials, period, detection_limit, concurrency=max(1, n // 32), pause=pause
-        )
-        msgs_churn = swarm.message_rate(start)  # with suspicions and refutations
+        async with consumers(buses[0], swarm.team, config) as views:
+            start = swarm.counters()
+            rounds = await disseminate(swarm, trials, period, limit=4 * bound * period)
+            msgs = swarm.message_rate(start)
+            detection_limit = config.dead_timeout(n) + 6 * bound * period
+            start = swarm.counters()
+            detections, pauses = await detect(
+                swarm, trials, period, detection_limit, concurrency=max(1, n // 32), pause=pause
+            )
+            msgs_churn = swarm.message_rate(start)  # with suspicions and refutations
+            everywhere = await views.settle(swarm.crashes, detection_limit)
         swarm.crash_all()
         stop.set()
     within = sum(1 for r in rounds if r <= bound) / len(rounds)
     finite = [d for d in detections if math.isfinite(d)]
+    everywhere_finite = [d for d in everywhere if math.isfinite(d)]
     return figure(
         f"gossip_within_bound_n{n}",
         within,
@@ -285,10 +356,18 @@ async def run_size(url: str, n: int, trials: int, pause: float) -> dict[str, Any
         bound_rounds=bound,
         rounds_p50=pct(rounds, 0.5),
         rounds_p99=pct(rounds, 0.99),
+        rounds_p99_over_log2n=round(pct(rounds, 0.99) / math.log2(n), 3),
         detect_s_p50=round(pct(finite, 0.5), 3),
         detect_s_p99=round(pct(finite, 0.99), 3) if len(finite) == len(detections) else None,
         detect_periods_p50=round(pct(finite, 0.5) / period, 1),
         detected=f"{len(finite)}/{len(detections)}",
+        dead_everywhere_s_p50=round(pct(everywhere_finite, 0.5), 3),
+        dead_everywhere_s_p99=(
+            round(pct(everywhere_finite, 0.99), 3)
+            if len(everywhere_finite) == len(everywhere)
+            else None
+        ),
+        dead_everywhere_consumers="strategy (hosting), dispatch, status (observers)",
         msgs_per_member_round=round(msgs, 3),
         msgs_per_member_round_churn=round(msgs_churn, 3),
         false_deaths=len(swarm.false_deaths),

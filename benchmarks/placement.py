@@ -58,6 +58,7 @@ from lmteams.agents import (
     Answer,
     Dispatcher,
     DispatcherConfig,
+    Membership,
     TeamClient,
     WorkerAgent,
     WorkerConfig,
@@ -131,7 +132,8 @@ def capacity(classes: list[DeviceClass], time_scale: float) -> float:
 @contextlib.asynccontextmanager
 async def team(
     bus: Bus, name: str, classes: list[DeviceClass], time_scale: float
-) -> AsyncIterator[None]:
+) -> AsyncIterator[Membership]:
+    """The fleet in one runtime; its membership is the view the dispatcher places by."""
     async with open_runtime(bus, name) as rt:
         async with anyio.create_task_group() as tg:
             for i, cls in enumerate(classes):
@@ -141,7 +143,7 @@ async def team(
                         lambda: SimAgent(c, i, time_scale), actor_id=a
                     )
                 )
-        yield
+        yield rt.membership
 
 
 async def burst(dispatcher: Dispatcher, tasks: int) -> tuple[float, list[Answer]]:
@@ -158,10 +160,12 @@ async def burst(dispatcher: Dispatcher, tasks: int) -> tuple[float, list[Answer]
 
 
 async def throughput(
-    bus: Bus, team_name: str, placement: Placement, tasks: int
+    bus: Bus, team_name: str, view: Membership, placement: Placement, tasks: int
 ) -> tuple[float, dict[str, Any]]:
     config = DispatcherConfig(request_timeout_s=600, task_timeout_s=3600)
-    async with open_dispatcher(bus, team_name, placement, config=config) as dispatcher:
+    async with open_dispatcher(
+        bus, team_name, membership=view, placement=placement, config=config
+    ) as dispatcher:
         await dispatcher.wait_for_agents(AGENTS, timeout=30)
         seconds, answers = await burst(dispatcher, tasks)
         stats = dispatcher.statistics()
@@ -175,13 +179,22 @@ async def throughput(
 
 
 async def stream_latencies(
-    bus: Bus, team_name: str, hedge: HedgePolicy | None, *, tasks: int, rate: float, seed: int
+    bus: Bus,
+    team_name: str,
+    view: Membership,
+    hedge: HedgePolicy | None,
+    *,
+    tasks: int,
+    rate: float,
+    seed: int,
 ) -> list[float]:
     """Poisson arrivals at ``rate`` prompts/s; submit-to-answer seconds of each."""
     latencies: list[float] = []
     rng = random.Random(seed)
     config = DispatcherConfig(request_timeout_s=600, task_timeout_s=3600)
-    async with open_dispatcher(bus, team_name, hedge=hedge, config=config) as dispatcher:
+    async with open_dispatcher(
+        bus, team_name, membership=view, hedge=hedge, config=config
+    ) as dispatcher:
         await dispatcher.wait_for_agents(AGENTS, timeout=30)
 
         async def one(i: int) -> None:
@@ -255,12 +268,14 @@ async def main(args: argparse.Namespace) -> None:
     ):
         classes = fleet(stragglers=False)
         ideal = capacity(classes, scale)
-        async with team(agents_bus, "tp", classes, scale):
-            aware, aware_extra = await throughput(bus, "tp", LeastExpectedCompletion(), args.tasks)
+        async with team(agents_bus, "tp", classes, scale) as view:
+            aware, aware_extra = await throughput(
+                bus, "tp", view, LeastExpectedCompletion(), args.tasks
+            )
             pull, pull_extra = await pull_burst(bus, "tp", args.tasks)
-            rr, rr_extra = await throughput(bus, "tp", RoundRobin(), args.baseline_tasks)
+            rr, rr_extra = await throughput(bus, "tp", view, RoundRobin(), args.baseline_tasks)
             rnd, rnd_extra = await throughput(
-                bus, "tp", RandomPlacement(seed=1), args.baseline_tasks
+                bus, "tp", view, RandomPlacement(seed=1), args.baseline_tasks
             )
         figures.append(
             figure(
@@ -303,13 +318,14 @@ async def main(args: argparse.Namespace) -> None:
 
         slow = fleet(stragglers=True)
         rate = 0.5 * capacity(slow, scale) / MEAN_OUT
-        async with team(agents_bus, "hedge", slow, scale):
+        async with team(agents_bus, "hedge", slow, scale) as view:
             plain = await stream_latencies(
-                bus, "hedge", None, tasks=args.stream_tasks, rate=rate, seed=7
+                bus, "hedge", view, None, tasks=args.stream_tasks, rate=rate, seed=7
             )
             hedged = await stream_latencies(
                 bus,
                 "hedge",
+                view,
                 HedgePolicy(factor=2.0, quantile=0.9),
                 tasks=args.stream_tasks,
                 rate=rate,

@@ -20,7 +20,8 @@ import pytest
 from nats.aio.client import Client
 
 from lmteams.agents import (
-    AgentInfo,
+    Ping,
+    Pong,
     Result,
     Task,
     TeamClient,
@@ -30,9 +31,7 @@ from lmteams.agents import (
 )
 from lmteams.bus import (
     Bus,
-    Codec,
     EmbeddedServer,
-    Incoming,
     StreamSettings,
     Subjects,
     WorkQueueSettings,
@@ -41,7 +40,7 @@ from lmteams.bus import (
     open_work_queue,
     publish_durable,
 )
-from lmteams.errors import RevisionMismatchError
+from lmteams.errors import LmteamsError, RevisionMismatchError
 from lmteams.hardware import (
     Backend,
     BackendConfig,
@@ -137,28 +136,32 @@ async def agent_process(url: str, name: str) -> AsyncIterator[subprocess.Popen[b
         stop_processes([proc])
 
 
-@contextlib.asynccontextmanager
-async def watched_agent(bus: Bus, url: str, name: str) -> AsyncIterator[tuple[Any, list[int]]]:
-    """An agent process plus the pids it announced: one join per start of its worker."""
-    joins: list[int] = []
-
-    async def on_join(inc: Incoming[AgentInfo]) -> None:
-        if inc.body.agent == name:
-            joins.append(inc.body.pid)
-
-    sub = await bus.subscribe(S.gossip("join"), on_join, codec=Codec(AgentInfo))
+async def _pong(bus: Bus, name: str) -> Pong | None:
     try:
-        async with agent_process(url, name) as proc:
-            await wait_until(lambda: bool(joins) or proc.poll() is not None, timeout=90)
-            assert proc.poll() is None, "the agent process exited while starting"
-            yield proc, joins
-    finally:
-        await sub.unsubscribe()
+        return await bus.request(S.agent(name), Ping(), expect=Pong, timeout=1)
+    except LmteamsError:  # not serving yet: no responders, timeout
+        return None
 
 
-def _still_the_same_agent(proc: subprocess.Popen[bytes], joins: list[int]) -> None:
+@contextlib.asynccontextmanager
+async def watched_agent(bus: Bus, url: str, name: str) -> AsyncIterator[subprocess.Popen[bytes]]:
+    """An agent process, once its worker answers a ping."""
+    async with agent_process(url, name) as proc:
+
+        async def up() -> bool:
+            return proc.poll() is not None or await _pong(bus, name) is not None
+
+        await wait_until(up, timeout=90)
+        assert proc.poll() is None, "the agent process exited while starting"
+        yield proc
+
+
+async def _still_the_same_agent(bus: Bus, proc: subprocess.Popen[bytes], name: str) -> None:
+    """The process never exited, and its worker was never restarted (its runtime says)."""
     assert proc.poll() is None, f"the agent process exited with {proc.returncode}"
-    assert joins == [proc.pid], f"the worker restarted (joins from pids {joins})"
+    pong = await _pong(bus, name)
+    assert pong is not None, f"{name} does not answer a ping"
+    assert pong.restarts == 0, f"the worker restarted {pong.restarts} times"
 
 
 async def test_hostile_task_ids_never_stop_an_agent_process(
@@ -166,7 +169,7 @@ async def test_hostile_task_ids_never_stop_an_agent_process(
 ) -> None:
     await ensure_team_streams(bus, S)
     async with (
-        watched_agent(bus, nats_server.url, "ga") as (proc, joins),
+        watched_agent(bus, nats_server.url, "ga") as proc,
         _plain(nats_server.url) as nc,
     ):
         inbox = nc.new_inbox()
@@ -192,21 +195,21 @@ async def test_hostile_task_ids_never_stop_an_agent_process(
         # the agent keeps serving, in the same process, with the same worker
         result = await TeamClient(bus, TEAM).submit("What is 2 + 2?", max_tokens=8, timeout=60)
         assert result.ok and result.agent == "ga"
-        _still_the_same_agent(proc, joins)
+        await _still_the_same_agent(bus, proc, "ga")
 
 
 async def test_a_prompt_over_the_context_is_refused_by_an_agent_process(
     bus: Bus, nats_server: EmbeddedServer
 ) -> None:
     await ensure_team_streams(bus, S)
-    async with watched_agent(bus, nats_server.url, "gb") as (proc, joins):
+    async with watched_agent(bus, nats_server.url, "gb") as proc:
         client = TeamClient(bus, TEAM)
         refused = await client.submit(LONG_PROMPT, task_id="long-1", timeout=60)
         assert not refused.ok and refused.error_kind == "context"
         assert "context is 2048 tokens" in refused.error and "n_ctx" in refused.error
         assert "2048" in (await _dead_letter(bus, "context"))["Lmt-Dead-Reason"]
         assert (await client.submit("short one", max_tokens=8, timeout=60)).ok
-        _still_the_same_agent(proc, joins)
+        await _still_the_same_agent(bus, proc, "gb")
 
 
 # --- prompts that do not fit (in-process agents) ------------------------------------------------

@@ -29,6 +29,8 @@ from nats.aio.msg import Msg
 from nats.js import api
 
 from lmteams.agents import (
+    AgentIdentity,
+    MemberFacts,
     Ping,
     Pong,
     Stop,
@@ -39,6 +41,7 @@ from lmteams.agents import (
     open_runtime,
 )
 from lmteams.bus import (
+    KEYS_BUCKET,
     KV,
     Bus,
     BusAuth,
@@ -69,6 +72,7 @@ from lmteams.errors import (
     RequestTimeoutError,
     RevisionMismatchError,
 )
+from lmteams.gossip import SwimConfig, open_membership
 from lmteams.hardware import BackendConfig
 from lmteams.logging import configure
 from lmteams.testing import wait_until
@@ -374,6 +378,53 @@ async def test_claims_work_under_agent_permissions(secured: Secured) -> None:
         assert "claim.s1" in await loser_kv.keys()
         assert b1.statistics().permission_violations == 0
         assert b2.statistics().permission_violations == 0
+
+
+def test_an_agent_may_write_only_its_own_key_binding() -> None:
+    security = team_security(TEAM, ["a1", "a2"])
+    keys = Subjects(TEAM).kv_bucket(KEYS_BUCKET)
+    a1 = security.permissions(security.credential("a1"))["publish"]["allow"]
+    assert f"$KV.{keys}.a1" in a1
+    assert not [a for a in a1 if a.startswith(f"$KV.{keys}.") and a != f"$KV.{keys}.a1"]
+    assert f"$KV.{Subjects(TEAM).kv_bucket('claims')}.>" in a1  # the other buckets as before
+    client = security.permissions(security.credential("client"))["publish"]["allow"]
+    assert not [a for a in client if a.startswith("$KV.")]  # a client reads bindings only
+
+
+async def test_a_key_binding_is_tied_to_the_agents_credential(secured: Secured) -> None:
+    """a1 binds its own name; the server refuses its writing a2's, or anyone's, binding."""
+    keys = Subjects(TEAM).kv_bucket(KEYS_BUCKET)
+    mine, forged = AgentIdentity().public_key, AgentIdentity().public_key
+    async with as_user(secured, "a1") as a1, as_user(secured, "admin") as admin:
+        raw = await a1.nc.jetstream(timeout=1.0).key_value(keys)
+        assert await raw.create("a1", mine.encode()) > 0
+        await _refused(a1, lambda: raw.create("a2", forged.encode()))
+        await _refused(a1, lambda: raw.put("a2", forged.encode()))
+        async with as_user(secured, "client") as client:
+            client_kv = await client.nc.jetstream(timeout=1.0).key_value(keys)
+            await _refused(client, lambda: client_kv.put("a1", forged.encode()))
+        assert (await (await open_kv(admin, keys)).get("a2")) is None
+        bound = await (await open_kv(admin, keys)).get("a1")
+        assert bound is not None and bound.value == mine.encode()
+
+
+async def test_membership_works_under_agent_and_client_permissions(secured: Secured) -> None:
+    """An agent joins (binding its key, gossiping as a member); a client observes it."""
+    key = AgentIdentity().public_key
+    fast = SwimConfig(period_s=0.1)
+    async with (
+        as_user(secured, "a1") as agent_bus,
+        as_user(secured, "client") as client_bus,
+        open_membership(agent_bus, TEAM, config=fast) as view,
+        open_membership(client_bus, TEAM, config=fast) as observer,
+    ):
+        await view.join("a1", MemberFacts(device="sim:h100", public_key=key))
+        await wait_until(lambda: observer.live() == ["a1"], timeout=15)
+        await wait_until(lambda: observer.public_key("a1") == key, timeout=15)
+        seen = observer.member("a1")
+        assert seen is not None and seen.facts.device == "sim:h100" and not seen.key_conflict
+        assert agent_bus.statistics().permission_violations == 0
+        assert client_bus.statistics().permission_violations == 0
 
 
 @pytest.mark.parametrize("mode", ["nkey", "password"])

@@ -3,8 +3,9 @@
 Two real ``lmteams agent start --backend sim`` processes on a real nats-server get random
 bytes, random JSON and MessagePack values, valid-shaped messages with hostile ids and values,
 deep nesting and near-max-payload bodies, under random ``Lmt`` and ``Content-Type`` headers,
-on the tasks subject, their inboxes, the worker role, their control subjects, every gossip
-subject and the vote subjects, from a plain nats-py client. Afterwards each process is still
+on the tasks subject, their inboxes, the worker role, their control subjects, the gossip
+seed and member subjects (SWIM updates carrying hostile membership facts) and the vote
+subjects, from a plain nats-py client. Afterwards each process is still
 the one that was started (never exited, so never restarted), logged no crash or restart, and
 both answer a normal task. The examples are drawn up front, derandomized (CI sees the same).
 """
@@ -46,6 +47,28 @@ def _shaped(tag: str, **fields: st.SearchStrategy[Any]) -> st.SearchStrategy[dic
     return st.fixed_dictionaries({"type": st.just(tag)}, optional=fields)
 
 
+# a member's facts as gossip carries them (its meta map), with hostile values
+facts = st.fixed_dictionaries(
+    {},
+    optional={
+        key: st.text() | numbers | json_values
+        for key in (
+            "device",
+            "model",
+            "backend",
+            "tokens_per_s",
+            "prompt_tokens_per_s",
+            "load",
+            "served",
+            "state",
+            "roles",
+            "public_key",
+            "host",
+            "pid",
+        )
+    },
+)
+
 # valid-shaped messages of every type an outsider can send, with hostile values
 shaped = st.one_of(
     _shaped("task", id=ids, prompt=st.text() | st.just(DEEP_MARK), max_tokens=numbers,
@@ -54,16 +77,12 @@ shaped = st.one_of(
             temperature=numbers, seed=numbers, round=numbers),
     _shaped("ping"),
     _shaped("cancel", task_id=ids),
-    _shaped("agent_info", agent=ids, team=ids, public_key=st.text(), tokens_per_s=numbers,
-            device=st.text(), model=st.text()),
-    _shaped("heartbeat", agent=ids, seq=numbers, in_flight=numbers, public_key=st.text()),
-    _shaped("leave", agent=ids.filter(lambda a: a not in AGENTS)),
     _shaped("answer", task_id=ids, agent=ids, text=st.text(), signature=st.text(),
             public_key=st.text(), round=numbers),
     _shaped("swim_ping", sender=ids, incarnation=numbers,
             updates=st.lists(st.fixed_dictionaries(
                 {"member": ids, "state": st.text(max_size=8) | st.just("suspect"),
-                 "incarnation": numbers}, optional={"meta": json_values}), max_size=3)),
+                 "incarnation": numbers}, optional={"meta": json_values | facts}), max_size=3)),
     _shaped("swim_ping_req", sender=ids, incarnation=numbers, target=ids),
     _shaped("swim_sync", sender=ids, incarnation=numbers, observer=st.booleans(),
             members=st.lists(st.fixed_dictionaries({"member": ids, "state": st.just("dead"),
@@ -90,8 +109,7 @@ def deliveries(draw: st.DrawFn) -> tuple[str, bytes, dict[str, str]]:
     """One hostile message: a subject an outsider can reach, a body and headers."""
     subject = draw(
         st.sampled_from(
-            [S.tasks, S.role("worker"), S.gossip("join"), S.gossip("heartbeat"),
-             S.gossip("leave"), S.gossip_seed, S.vote("t1")]
+            [S.tasks, S.role("worker"), S.gossip_seed, S.vote("t1")]
             + [f(a) for a in AGENTS for f in (S.agent, S.control, S.gossip_member)]
         )
         | ids.filter(lambda i: len(i) < 200 and i.isascii() and i.replace("-", "_").isidentifier())

@@ -63,17 +63,18 @@ def _debate_reports_its_rounds(home: dict[str, str]) -> None:
 
 
 def _status_shows_both_agents(home: dict[str, str]) -> None:
-    """`lmteams status` reads members, devices and load from gossip (agents refresh it)."""
+    """`lmteams status` reads members, devices, load and keys from the membership view."""
     deadline = time.monotonic() + 30
     while True:
         done = lmteams("status", "--team", "cli", "--json", env=home)
-        members = {m["member"]: m for m in json.loads(done.stdout or "{}").get("members", [])}
-        ready = [members.get(a, {}).get("meta", {}) for a in ("agent-1", "agent-2")]
-        if all(str(meta.get("device", "")).startswith("sim:") for meta in ready):
+        members = {m["name"]: m for m in json.loads(done.stdout or "{}").get("members", [])}
+        ready = [members.get(a, {}).get("facts", {}) for a in ("agent-1", "agent-2")]
+        if all(str(facts.get("device", "")).startswith("sim:") for facts in ready):
             break
         assert time.monotonic() < deadline, f"status never showed the agents: {done.stdout}"
         time.sleep(0.5)
     assert all(members[a]["state"] == "alive" for a in ("agent-1", "agent-2"))
-    assert all("load" in meta and "tokens_per_s" in meta for meta in ready)
+    assert all(facts["tokens_per_s"] > 0 and facts["public_key"] for facts in ready)
+    assert not any(members[a]["key_conflict"] for a in ("agent-1", "agent-2"))
     table = lmteams("status", "--team", "cli", env=home)
     assert table.returncode == 0 and "agent-1" in table.stdout and "sim:" in table.stdout

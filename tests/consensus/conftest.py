@@ -10,6 +10,7 @@ import msgspec
 import pytest
 
 from lmteams.agents import (
+    AgentIdentity,
     Answer,
     Prompt,
     Runtime,
@@ -127,19 +128,36 @@ class Forger(ScriptedAgent):
         )
 
 
+class KeySwapper(ScriptedAgent):
+    """Signs its own votes, under its own name, but with a key other than the one it joined
+    with: a valid signature, by a key the team never bound to this name."""
+
+    def __init__(self) -> None:
+        super().__init__(says("42"), coordinates=False)
+        self.second = AgentIdentity()
+
+    @handler
+    async def on_prompt(self, msg: Prompt) -> Answer:
+        text = "42"  # even a right answer must not count under an unbound key
+        return Answer(
+            task_id=msg.task_id,
+            agent=self.context.actor_id,
+            text=text,
+            round=msg.round,
+            public_key=self.second.public_key,
+            signature=self.second.sign_vote(msg.task_id, msg.round, self.context.actor_id, text),
+        )
+
+
 async def spawn_team(runtime: Runtime, agents: dict[str, WorkerAgent]) -> None:
-    """Spawn the agents and wait until every one knows every other (and their keys)."""
+    """Spawn the agents and wait until the runtime's membership has every one, with its key."""
     for name, agent in agents.items():
         await runtime.spawn(agent, actor_id=name, roles=("worker",))
     everyone = sorted(agents)
+    view = runtime.membership
 
     def all_known() -> bool:
-        return all(
-            a.roster is not None
-            and a.roster.live() == everyone
-            and all(a.roster.public_key(n) for n in everyone)
-            for a in agents.values()
-        )
+        return view.live() == everyone and all(view.public_key(n) for n in everyone)
 
     await wait_until(all_known, timeout=15)
 

@@ -8,7 +8,7 @@ from lmteams.agents import TeamClient, open_runtime
 from lmteams.bus import Bus
 from lmteams.consensus import verify_quorum
 
-from .conftest import Equivocator, Forger, ScriptedAgent, says, spawn_team
+from .conftest import Equivocator, Forger, KeySwapper, ScriptedAgent, says, spawn_team
 
 
 async def test_vote_agrees_and_reports_its_cost(bus: Bus, team_name: str) -> None:
@@ -163,4 +163,35 @@ async def test_too_few_live_agents_is_a_clear_error(bus: Bus, team_name: str) ->
         await spawn_team(rt, {"solo": ScriptedAgent(says("42"))})
         result = await TeamClient(bus, team_name).submit("q", strategy="vote", agents=3, timeout=30)
     assert not result.ok and result.error_kind == "agents"
-    assert "asks for 3 agents but 1 are live" in result.error
+    assert "asks for 3 agents but 1 are available" in result.error
+
+
+async def test_a_vote_signed_with_a_key_other_than_the_bound_one_is_flagged(
+    bus: Bus, team_name: str
+) -> None:
+    async with open_runtime(bus, team_name) as rt:
+        agents = {f"h{i}": ScriptedAgent(says("42")) for i in range(3)}
+        agents["swapper"] = swapper = KeySwapper()
+        await spawn_team(rt, agents)
+        bound = rt.membership.public_key("swapper")
+        result = await TeamClient(bus, team_name).submit(
+            "q", strategy="quorum", agents=4, timeout=30
+        )
+    assert bound == swapper.identity.public_key != swapper.second.public_key
+    assert result.flagged == ("swapper",)
+    assert result.ok and result.tally == {"42": 3.0}  # its vote did not count
+
+
+async def test_strategies_never_ask_a_drained_agent(bus: Bus, team_name: str) -> None:
+    async with open_runtime(bus, team_name) as rt:
+        agents = {f"h{i}": ScriptedAgent(says("42")) for i in range(4)}
+        await spawn_team(rt, agents)
+        await rt.stop("h3")  # drains and leaves
+        gone = rt.membership.member("h3")
+        assert gone is not None and gone.state == "left"
+        client = TeamClient(bus, team_name)
+        refused = await client.submit("q", strategy="vote", agents=4, timeout=30)
+        voted = await client.submit("q", strategy="vote", agents=3, timeout=30)
+    assert not refused.ok and refused.error_kind == "agents"
+    assert "asks for 4 agents but 3 are available" in refused.error
+    assert voted.ok and sorted(a.agent for a in voted.answers) == ["h0", "h1", "h2"]

@@ -12,8 +12,9 @@ from pathlib import Path
 import anyio
 import pytest
 
-from lmteams.agents import AgentInfo, read_state
-from lmteams.bus import Bus, Codec, Incoming, Subjects, free_port, open_bus
+from lmteams.agents import MemberFacts, read_state
+from lmteams.bus import Bus, Subjects, free_port, open_bus
+from lmteams.gossip import open_membership
 from lmteams.hardware import resolve_model
 from lmteams.testing import stop_processes
 
@@ -27,7 +28,7 @@ class Team:
     home: Path
     bus: Bus
     subjects: Subjects = field(default_factory=lambda: Subjects(TEAM))
-    agents: dict[str, AgentInfo] = field(default_factory=dict)
+    agents: dict[str, MemberFacts] = field(default_factory=dict)  # as they first joined
 
     def env(self) -> dict[str, str]:
         return {**os.environ, "LMTEAMS_HOME": str(self.home)}
@@ -72,17 +73,18 @@ async def team(model_path: str, team_home: Path) -> AsyncIterator[Team]:
                 assert proc.poll() is None, "lmteams up exited early"
                 await anyio.sleep(0.1)
         url = f"nats://127.0.0.1:{port}"
-        async with open_bus(url, name="e2e-test") as bus:
-            t = Team(url=url, proc=proc, home=team_home, bus=bus)
-
-            async def on_join(inc: Incoming[AgentInfo]) -> None:
-                t.agents[inc.body.agent] = inc.body
-
-            await bus.subscribe(t.subjects.gossip("join"), on_join, codec=Codec(AgentInfo))
+        agents: dict[str, MemberFacts] = {}
+        # the view's task group must end in this task, not in the fixture's teardown
+        async with open_bus(url, name="e2e-watch") as watch, open_membership(watch, TEAM) as view:
             with anyio.fail_after(90):
-                while len(t.agents) < 2:
-                    await anyio.sleep(0.1)
-            yield t
+                while len(agents) < 2:
+                    for info in view.members():
+                        if info.live and info.facts.pid:
+                            agents.setdefault(info.name, info.facts)
+                    with anyio.move_on_after(1):
+                        await view.wait_changed()
+        async with open_bus(url, name="e2e-test") as bus:
+            yield Team(url=url, proc=proc, home=team_home, bus=bus, agents=agents)
     finally:
         _stop(proc)
     _assert_no_orphans()

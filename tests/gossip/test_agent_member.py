@@ -1,12 +1,15 @@
-"""An agent's gossip member carries what the agent says of itself, and leaves when stopped."""
+"""An agent in a runtime given a ``GossipMembership`` is a SWIM member whose map is its facts.
+
+Nobody asks the agent what it is: its membership publisher writes its facts into the view,
+the view gossips them, and a process that hosts nobody sees them, with the key the agent
+bound. Stopping the agent leaves the team: the members that stay see it left, not dead.
+"""
 
 from __future__ import annotations
 
-import anyio
-
-from lmteams.agents import WorkerAgent, WorkerConfig, open_runtime
+from lmteams.agents import MemberFacts, WorkerAgent, WorkerConfig, open_runtime
 from lmteams.bus import Bus
-from lmteams.gossip import MemberState, SwimConfig, SwimMember, gossip_as_agent, open_member
+from lmteams.gossip import GossipMembership, SwimConfig, open_membership
 from lmteams.hardware import BackendConfig
 from lmteams.testing import wait_until
 
@@ -14,35 +17,33 @@ TEAM = "ga"
 FAST = SwimConfig(period_s=0.1, suspicion_mult=4.0)
 
 
-async def test_agent_member_gossips_its_device_model_and_load(bus: Bus) -> None:
+def _state(view: GossipMembership, name: str) -> str | None:
+    member = view.member(name)
+    return member.state if member else None
+
+
+async def test_agent_gossips_its_facts_and_key_and_leaves_when_stopped(bus: Bus) -> None:
     backend = BackendConfig(kind="sim", sim_device="rtx-4090-cuda", time_scale=0.01)
     async with (
-        open_runtime(bus, TEAM) as runtime,
-        open_member(bus, TEAM, "observer", config=FAST) as observer,
+        open_membership(bus, TEAM, config=FAST) as view,
+        open_membership(bus, TEAM, config=FAST) as observer,
+        open_runtime(bus, TEAM, membership=view) as runtime,
     ):
+        await view.join("peer", MemberFacts())  # a member that stays: it sees w1 go
         await runtime.spawn(
-            lambda: WorkerAgent(WorkerConfig(backend=backend)), actor_id="w1", roles=("worker",)
+            lambda: WorkerAgent(WorkerConfig(backend=backend, heartbeat_s=0.1)),
+            actor_id="w1",
+            roles=("worker",),
         )
-
-        def seen() -> dict[str, object]:
-            record = observer.member("w1")
-            return dict(record.meta or {}) if record else {}
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(
-                lambda: gossip_as_agent(
-                    bus, TEAM, "w1", meta={"device": "starting"}, config=FAST, refresh_s=0.1
-                )
-            )
-            await wait_until(lambda: seen().get("device") == "sim:rtx-4090-cuda", timeout=15)
-            meta = seen()
-            assert meta["state"] == "serving" and meta["load"] == 0.0
-            assert meta["model"] and float(meta["tokens_per_s"]) > 0  # type: ignore[arg-type]
-            tg.cancel_scope.cancel()  # the daemon stopping its services
-        await wait_until(lambda: _state(observer, "w1") is not MemberState.ALIVE, timeout=15)
-        assert _state(observer, "w1") is MemberState.LEFT  # a goodbye, not a crash
-
-
-def _state(member: SwimMember, name: str) -> MemberState | None:
-    record = member.member(name)
-    return record.state if record else None
+        await wait_until(lambda: _state(observer, "w1") == "alive", timeout=15)
+        seen = observer.member("w1")
+        assert seen is not None and seen.available
+        facts = seen.facts
+        assert facts.device == "sim:rtx-4090-cuda" and facts.backend == "sim"
+        assert facts.roles == ("worker",) and facts.pid > 0 and facts.model
+        assert facts.public_key and not seen.key_conflict
+        assert observer.public_key("w1") == facts.public_key == view.public_key("w1")
+        assert view.swim("w1") is not None  # hosted here, as a SWIM member
+        await runtime.stop("w1")
+        await wait_until(lambda: _state(observer, "w1") not in ("alive", "suspect"), timeout=15)
+        assert _state(observer, "w1") == "left"  # a goodbye, not a crash

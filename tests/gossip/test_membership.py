@@ -221,38 +221,6 @@ async def test_observer_of_an_empty_team_sees_nobody(bus: Bus) -> None:
     assert await observe_members(bus, "nobody-here", timeout=0.5) == ()
 
 
-async def test_status_cli_prints_members_as_json(bus: Bus, nats_server: object) -> None:
-    import json
-
-    import typer
-    from typer.testing import CliRunner
-
-    from lmteams.cli._status import status
-
-    app = typer.Typer()
-    app.command()(status)
-    async with members(bus, 3) as team:
-        await wait_until(lambda: sees_all(team, {m.id for m in team}), timeout=10)
-        url = nats_server.url  # type: ignore[attr-defined]
-        result = await anyio.to_thread.run_sync(
-            lambda: CliRunner().invoke(
-                app, ["--team", TEAM, "--nats", url, "--json", "--wait", "0.3"]
-            )
-        )
-        table = await anyio.to_thread.run_sync(
-            lambda: CliRunner().invoke(app, ["--team", TEAM, "--nats", url, "--wait", "0.3"])
-        )
-    assert result.exit_code == 0, result.output
-    report = json.loads(result.output.strip().splitlines()[-1])
-    assert report["team"] == TEAM
-    assert {m["member"]: m["state"] for m in report["members"]} == dict.fromkeys(
-        ("m0", "m1", "m2"), "alive"
-    )
-    assert report["members"][0]["meta"]["device"] == "cpu"
-    assert table.exit_code == 0, table.output
-    assert "m2" in table.output and "alive" in table.output
-
-
 @pytest.mark.parametrize("bad", ["a.b", "", "x y"])
 async def test_member_names_are_subject_tokens(bus: Bus, bad: str) -> None:
     from lmteams.errors import ConfigError

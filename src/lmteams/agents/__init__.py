@@ -6,23 +6,41 @@ queue, answers them with its hardware backend, and publishes exactly one result 
 
 from lmteams.agents._actor import Actor, handler
 from lmteams.agents._client import TeamClient, connect, resolve_url
-from lmteams.agents._daemon import DaemonConfig, Service, run_daemon
+from lmteams.agents._daemon import (
+    DaemonConfig,
+    MembershipFactory,
+    Service,
+    daemon_identity,
+    identity_path,
+    run_daemon,
+)
 from lmteams.agents._dispatch import (
     Dispatcher,
     DispatcherConfig,
     DispatchStatistics,
     open_dispatcher,
 )
-from lmteams.agents._identity import AgentIdentity, verify_vote, vote_payload
+from lmteams.agents._identity import (
+    AgentIdentity,
+    identity_from_file,
+    stored_identity,
+    verify_vote,
+    vote_payload,
+)
+from lmteams.agents._membership import (
+    LIVE_STATES,
+    Liveness,
+    LocalMembership,
+    MemberFacts,
+    MemberInfo,
+    Membership,
+)
 from lmteams.agents._messages import (
     NORMALIZERS,
     STRATEGIES,
     AgentAnswer,
-    AgentInfo,
     Answer,
     Cancel,
-    Heartbeat,
-    Leave,
     Ping,
     Pong,
     Progress,
@@ -33,11 +51,11 @@ from lmteams.agents._messages import (
     Task,
 )
 from lmteams.agents._ref import ActorRef
-from lmteams.agents._roster import Member, Roster
 from lmteams.agents._runtime import (
     ActorContext,
     ActorState,
     ActorStatistics,
+    IdentitySource,
     RestartPolicy,
     Runtime,
     dead_letter,
@@ -81,6 +99,7 @@ __all__ = (
     "RestartPolicy",
     "Runtime",
     "open_runtime",
+    "IdentitySource",
     "dead_letter",
     # agents and clients
     "WorkerAgent",
@@ -88,6 +107,9 @@ __all__ = (
     "DaemonConfig",
     "run_daemon",
     "Service",
+    "MembershipFactory",
+    "daemon_identity",
+    "identity_path",
     "Supervisor",
     "SupervisorConfig",
     "AgentProcessInfo",
@@ -113,8 +135,14 @@ __all__ = (
     "AgentIdentity",
     "vote_payload",
     "verify_vote",
-    "Roster",
-    "Member",
+    "identity_from_file",
+    "stored_identity",
+    "Membership",
+    "LocalMembership",
+    "MemberFacts",
+    "MemberInfo",
+    "Liveness",
+    "LIVE_STATES",
     "Strategy",
     "StrategyContext",
     "Outcome",
@@ -129,9 +157,6 @@ __all__ = (
     "Stage",
     "Progress",
     "AgentAnswer",
-    "AgentInfo",
-    "Heartbeat",
-    "Leave",
     "Prompt",
     "Answer",
     "Ping",

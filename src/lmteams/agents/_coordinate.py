@@ -29,13 +29,12 @@ async def coordinate(agent: WorkerAgent, task: Task, delivery: Delivery, started
             "`lmteams` command or import lmteams.consensus",
         )
         return result_of(task, ctx.actor_id, delivery, started, error=missing)
-    assert agent.roster is not None
     outcome = await strategy.run(
         StrategyContext(
             bus=ctx.bus,
             subjects=ctx.subjects,
             agent_id=ctx.actor_id,
-            roster=agent.roster,
+            membership=ctx.membership,
             identity=agent.identity,
             ask_timeout_s=agent.config.task_timeout_s,
         ),

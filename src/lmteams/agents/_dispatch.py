@@ -1,12 +1,19 @@
 """The dispatcher: places prompts on agents by capacity, hedges stragglers, cancels losers.
 
-A dispatcher learns the team from gossip (``join`` carries an agent's advertised token
-rates, ``heartbeat`` its liveness, ``leave`` its departure) and keeps, for every agent, the
-work *it* has assigned there and not seen finish. Each prompt goes where a
-:class:`~lmteams.hardware.Placement` says; at most ``window`` requests per agent are on the
-wire (well under the agent's bounded mailbox), the rest wait here, where capacity-aware
-placement may still move them to an agent that runs dry (late binding corrects the early
-guess, which is what keeps a fast agent from idling while a slow one holds a queue).
+Who may take work, and how fast it is, come from the process's one membership view (the
+:class:`~lmteams.agents.Membership` it is given): a member is placed on while it is
+``available`` (live and serving), at the token rates its facts advertise. The dispatcher keeps
+no liveness of its own, only a ledger per agent of the work *it* has assigned there and not
+seen finish, so it agrees with strategies and ``lmteams status`` on who is alive. When the
+view changes, a member that joined is put to work (it may take waiting work from the slowest
+queue), a member that stopped being available loses its waiting work to the others, and a
+member the view declares dead also loses what it was running (it will not answer).
+
+Each prompt goes where a :class:`~lmteams.hardware.Placement` says; at most ``window``
+requests per agent are on the wire (well under the agent's bounded mailbox), the rest wait
+here, where capacity-aware placement may still move them to an agent that runs dry (late
+binding corrects the early guess, which is what keeps a fast agent from idling while a slow
+one holds a queue).
 
 Hedging: once a request has run ``HedgePolicy.delay`` past its send, a copy goes to the
 best other agent, ahead of that agent's waiting work; the first answer wins, and the loser
@@ -15,7 +22,8 @@ subject stops its generation (the agent's mailbox is busy with that very prompt,
 cancel cannot queue behind it).
 
 Limits: load that other dispatchers (or the task queue) put on an agent is invisible here
-until gossip carries queue depth; rates are what agents advertise, not yet re-measured.
+(its facts carry ``in_flight``, not yet used); rates are what agents advertise, not yet
+re-measured.
 """
 
 from __future__ import annotations
@@ -30,16 +38,11 @@ import msgspec
 import structlog
 from anyio.abc import TaskGroup
 
-from lmteams.agents._messages import AgentInfo, Answer, Cancel, Heartbeat, Leave, Ping, Pong, Prompt
+from lmteams.agents._membership import MemberFacts, MemberInfo, Membership
+from lmteams.agents._messages import Answer, Cancel, Prompt
 from lmteams.agents._ref import ActorRef
-from lmteams.bus import Bus, Codec, Incoming, Subjects, Subscription, new_id, validate_token
-from lmteams.errors import (
-    ActorDeadError,
-    AgentError,
-    BusError,
-    ConfigError,
-    RequestTimeoutError,
-)
+from lmteams.bus import Bus, Subjects, new_id, validate_token
+from lmteams.errors import AgentError, BusError, ConfigError, RequestTimeoutError
 from lmteams.hardware import (
     AgentLoad,
     HedgePolicy,
@@ -54,10 +57,10 @@ __all__ = ("Dispatcher", "DispatcherConfig", "DispatchStatistics", "open_dispatc
 
 log = structlog.get_logger(__name__)
 
-_JOIN: Codec[AgentInfo] = Codec(AgentInfo)
-_BEAT: Codec[Heartbeat] = Codec(Heartbeat)
-_LEAVE: Codec[Leave] = Codec(Leave)
 _SLOWNESS_SAMPLES = 512
+_RECHECK_S = 1.0
+"""The longest the change loop waits for the view before it looks again anyway."""
+_UNKNOWN = MemberFacts()
 
 
 class DispatcherConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -70,9 +73,7 @@ class DispatcherConfig(msgspec.Struct, frozen=True, kw_only=True):
     task_timeout_s: float = 600.0
     """A whole ``submit``, hedges and retries included, unless it passes its own."""
     agent_timeout_s: float = 5.0
-    """How long ``submit`` waits for a first agent before it gives up."""
-    silence_s: float = 10.0
-    """An agent not heard from (join or heartbeat) for this long is forgotten."""
+    """How long ``submit`` waits for a first available member before it gives up."""
     max_attempts: int = 3
     """Agents a task may be tried on after failures (a hedge is not a failure)."""
     output_fraction: float = 1.0
@@ -81,7 +82,7 @@ class DispatcherConfig(msgspec.Struct, frozen=True, kw_only=True):
     def __post_init__(self) -> None:
         if not 1 <= self.window <= 14:
             raise ConfigError(f"window must be 1..14 (below a worker's mailbox), got {self.window}")
-        for name in ("request_timeout_s", "task_timeout_s", "agent_timeout_s", "silence_s"):
+        for name in ("request_timeout_s", "task_timeout_s", "agent_timeout_s"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.max_attempts < 1:
@@ -139,32 +140,24 @@ class _Job:
         self.started: dict[str, tuple[float, float]] = {}  # agent -> (sent at, expected s)
 
 
-class _Member:
-    """One agent as this dispatcher sees it."""
+class _Ledger:
+    """The work this dispatcher assigned to one agent: what waits here and what is sent."""
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.device = ""
-        self.tokens_per_s = 0.0
-        self.prompt_tokens_per_s = 0.0
-        self.draining = False
-        self.learning = False  # known by heartbeat only, asking it for its rates
-        self.last_seen = time.monotonic()
         self.waiting: deque[_Job] = deque()
         self.sent = 0
         self.sent_tokens = 0.0
         self.sent_prompt_tokens = 0.0
         self.queued_tokens = 0.0  # waiting + sent
         self.queued_prompt_tokens = 0.0
-        self.sent_count = 0
-        self.answered = 0
 
-    def load(self, *, sent_only: bool = False) -> AgentLoad:
+    def load(self, facts: MemberFacts, *, sent_only: bool = False) -> AgentLoad:
         return AgentLoad(
             agent=self.name,
-            device=self.device,
-            tokens_per_s=self.tokens_per_s,
-            prompt_tokens_per_s=self.prompt_tokens_per_s,
+            device=facts.device,
+            tokens_per_s=facts.tokens_per_s,
+            prompt_tokens_per_s=facts.prompt_tokens_per_s,
             queued_tokens=self.sent_tokens if sent_only else self.queued_tokens,
             queued_prompt_tokens=(
                 self.sent_prompt_tokens if sent_only else self.queued_prompt_tokens
@@ -193,6 +186,7 @@ class Dispatcher:
         bus: Bus,
         subjects: Subjects,
         *,
+        membership: Membership,
         placement: Placement,
         hedge: HedgePolicy | None,
         config: DispatcherConfig,
@@ -200,14 +194,14 @@ class Dispatcher:
     ) -> None:
         self.bus = bus
         self.subjects = subjects
+        self.membership = membership
         self.placement = placement
         self.hedge = hedge
         self.config = config
         self._tg = tg
-        self._members: dict[str, _Member] = {}
+        self._ledgers: dict[str, _Ledger] = {}
         self._active: dict[str, _Job] = {}
         self._slowness: deque[float] = deque(maxlen=_SLOWNESS_SAMPLES)
-        self._changed = anyio.Event()  # set (and replaced) whenever membership changes
         self._closed = False
         self._log = log.bind(team=subjects.team, dispatcher=bus.name)
         self._counts = dict.fromkeys(
@@ -230,7 +224,7 @@ class Dispatcher:
     # --- what it knows -----------------------------------------------------------------------
     def agents(self) -> tuple[AgentLoad, ...]:
         """Every agent it would place on now, with the load it has assigned there."""
-        return tuple(m.load() for m in self._eligible())
+        return tuple(ledger.load(info.facts) for info, ledger in self._eligible())
 
     def statistics(self) -> DispatchStatistics:
         return DispatchStatistics(
@@ -238,26 +232,40 @@ class Dispatcher:
         )
 
     async def wait_for_agents(self, count: int = 1, *, timeout: float | None = None) -> None:
-        """Return once ``count`` agents may take work; ``AgentError`` after ``timeout``."""
+        """Return once ``count`` members are available; ``AgentError`` after ``timeout``."""
         limit = self.config.agent_timeout_s if timeout is None else timeout
         with anyio.move_on_after(limit):
             while len(self._eligible()) < count:
-                await self._changed.wait()
+                await self.membership.wait_changed()
             return
-        known = sorted(m.name for m in self._eligible())
+        known = sorted(info.name for info, _ in self._eligible())
         raise AgentError(
-            f"only {len(known)} of {count} agents of team {self.subjects.team!r} known after "
-            f"{limit:g}s ({', '.join(known) or 'none'}): agents announce themselves on "
-            f"{self.subjects.gossip('join')} and heartbeat on "
-            f"{self.subjects.gossip('heartbeat')}; start some, or check the team name"
+            f"only {len(known)} of {count} agents of team {self.subjects.team!r} available "
+            f"after {limit:g}s ({', '.join(known) or 'none'}): agents join the team's "
+            f"membership when they start; start some, or check the team name"
         )
 
-    def _membership_changed(self) -> None:
-        self._changed.set()
-        self._changed = anyio.Event()
+    def _eligible(self) -> list[tuple[MemberInfo, _Ledger]]:
+        """The members the view says may take work, each with its ledger here."""
+        return [
+            (info, self._ledger(info.name)) for info in self.membership.members() if info.available
+        ]
 
-    def _eligible(self) -> list[_Member]:
-        return [m for m in self._members.values() if not (m.draining or m.learning)]
+    def _ledger(self, name: str) -> _Ledger:
+        ledger = self._ledgers.get(name)
+        if ledger is None:
+            ledger = self._ledgers[name] = _Ledger(name)
+        return ledger
+
+    def _facts(self, name: str) -> MemberFacts:
+        info = self.membership.member(name)
+        return info.facts if info is not None else _UNKNOWN
+
+    def _load(self, ledger: _Ledger, *, sent_only: bool = False) -> AgentLoad:
+        return ledger.load(self._facts(ledger.name), sent_only=sent_only)
+
+    def _stand_in_rates(self) -> tuple[float, float]:
+        return stand_in_rates([ledger.load(info.facts) for info, ledger in self._eligible()])
 
     # --- submitting --------------------------------------------------------------------------
     async def submit(
@@ -312,59 +320,63 @@ class Dispatcher:
         A hedge is placed by what each agent has on the wire, since it will not wait behind
         the rest.
         """
-        candidates = [m for m in self._eligible() if m.name not in exclude]
+        candidates = [(i, led) for i, led in self._eligible() if i.name not in exclude]
         if not candidates:
             return False
         name = self.placement.choose(
-            [m.load(sent_only=front) for m in candidates], job.tokens, job.prompt_tokens
+            [led.load(i.facts, sent_only=front) for i, led in candidates],
+            job.tokens,
+            job.prompt_tokens,
         )
-        member = self._members[name]
-        member.hold(job, front=front)
-        self._pump(member)
+        ledger = self._ledgers[name]
+        ledger.hold(job, front=front)
+        self._pump(ledger)
         return True
 
-    def _pump(self, member: _Member) -> None:
+    def _pump(self, ledger: _Ledger) -> None:
         """Put waiting work on the wire up to the window; steal some when it runs dry."""
-        if member.name not in self._members or self._closed:
+        info = self.membership.member(ledger.name)
+        if self._closed or info is None or not info.available:
             return
-        while member.sent < self.config.window:
-            if not member.waiting and not (
-                self.placement.rebalance and (self._steal(member) or self._backup(member))
+        defaults = self._stand_in_rates()
+        while ledger.sent < self.config.window:
+            if not ledger.waiting and not (
+                self.placement.rebalance and (self._steal(ledger) or self._backup(ledger))
             ):
                 return
-            job = member.waiting.popleft()
-            job.holders.discard(member.name)
+            job = ledger.waiting.popleft()
+            job.holders.discard(ledger.name)
             if job.done.is_set():
-                member.release(job)
+                ledger.release(job)
                 continue
             expected = expected_finish(
-                member.load(sent_only=True),
+                ledger.load(info.facts, sent_only=True),
                 job.tokens,
                 job.prompt_tokens,
-                default_rates=stand_in_rates([m.load() for m in self._members.values()]),
+                default_rates=defaults,
             )
-            member.sent += 1
-            member.sent_tokens += job.tokens
-            member.sent_prompt_tokens += job.prompt_tokens
+            ledger.sent += 1
+            ledger.sent_tokens += job.tokens
+            ledger.sent_prompt_tokens += job.prompt_tokens
             scope = anyio.CancelScope()
-            job.running[member.name] = scope
-            job.started[member.name] = (time.monotonic(), expected)
-            self._tg.start_soon(self._attempt, job, member, scope, expected)
+            job.running[ledger.name] = scope
+            job.started[ledger.name] = (time.monotonic(), expected)
+            self._tg.start_soon(self._attempt, job, ledger, scope, expected)
             if self.hedge is not None and not job.hedged and len(job.running) == 1:
-                self._tg.start_soon(self._hedge_later, job, member, expected)
+                self._tg.start_soon(self._hedge_later, job, ledger, expected)
 
-    def _steal(self, idle: _Member) -> bool:
+    def _steal(self, idle: _Ledger) -> bool:
         """Move the last waiting job of the agent that would finish it latest, if it helps."""
-        defaults = stand_in_rates([m.load() for m in self._members.values()])
-        mine = idle.load()
-        best: tuple[float, _Member] | None = None
-        for other in self._members.values():
+        defaults = self._stand_in_rates()
+        mine = self._load(idle)
+        best: tuple[float, _Ledger] | None = None
+        for other in self._ledgers.values():
             if other is idle or not other.waiting:
                 continue
             job = other.waiting[-1]
             if idle.name in job.running or idle.name in job.holders:
                 continue
-            there = expected_finish(other.load(), 0.0, default_rates=defaults)
+            there = expected_finish(self._load(other), 0.0, default_rates=defaults)
             here = expected_finish(mine, job.tokens, job.prompt_tokens, default_rates=defaults)
             if there - here > 0 and (best is None or there - here > best[0]):
                 best = (there - here, other)
@@ -378,16 +390,16 @@ class Dispatcher:
         self._counts["rebalanced"] += 1
         return True
 
-    def _backup(self, idle: _Member) -> bool:
+    def _backup(self, idle: _Ledger) -> bool:
         """An idle agent takes a backup copy of the running job it would finish in half the time.
 
         Only once nothing waits anywhere (the end of a burst), as MapReduce's backup tasks: a
         slow device's last prompt should not set the makespan while fast devices idle. The
         copy counts as the job's one hedge; the first answer wins and the loser is cancelled.
         """
-        if idle.sent or any(m.waiting for m in self._members.values()):
+        if idle.sent or any(ledger.waiting for ledger in self._ledgers.values()):
             return False
-        defaults = stand_in_rates([m.load() for m in self._members.values()])
+        defaults = self._stand_in_rates()
         now = time.monotonic()
         best: tuple[float, _Job] | None = None
         for job in self._active.values():
@@ -398,7 +410,10 @@ class Dispatcher:
                 default=0.0,
             )
             here = expected_finish(
-                idle.load(sent_only=True), job.tokens, job.prompt_tokens, default_rates=defaults
+                self._load(idle, sent_only=True),
+                job.tokens,
+                job.prompt_tokens,
+                default_rates=defaults,
             )
             if here < 0.5 * remaining and (best is None or remaining - here > best[0]):
                 best = (remaining - here, job)
@@ -414,12 +429,11 @@ class Dispatcher:
 
     # --- one request on the wire -------------------------------------------------------------
     async def _attempt(
-        self, job: _Job, member: _Member, scope: anyio.CancelScope, expected: float
+        self, job: _Job, ledger: _Ledger, scope: anyio.CancelScope, expected: float
     ) -> None:
         started = time.monotonic()
-        self._sent[member.name] = self._sent.get(member.name, 0) + 1
-        member.sent_count += 1
-        ref = ActorRef(self.bus, self.subjects, member.name)
+        self._sent[ledger.name] = self._sent.get(ledger.name, 0) + 1
+        ref = ActorRef(self.bus, self.subjects, ledger.name)
         try:
             with scope:
                 answer = await ref.ask(
@@ -432,32 +446,32 @@ class Dispatcher:
                     self._slowness.append((time.monotonic() - started) / expected)
                 if not job.done.is_set():
                     job.answer = answer
-                    member.answered += 1
                     self._counts["answered_total"] += 1
-                    self._answered[member.name] = self._answered.get(member.name, 0) + 1
-                    if job.hedged and member.name == job.hedge_agent:
+                    self._answered[ledger.name] = self._answered.get(ledger.name, 0) + 1
+                    if job.hedged and ledger.name == job.hedge_agent:
                         self._counts["hedge_wins"] += 1
-                    self._settle(job, winner=member.name)
+                    self._settle(job, winner=ledger.name)
+            if scope.cancelled_caught and not job.done.is_set():
+                # not a loser's cancel (that settles the job first): the view declared it dead
+                self._failed(job, ledger, AgentError(f"agent {ledger.name} is dead"))
         except (AgentError, BusError) as err:
-            self._failed(job, member, err)
+            self._failed(job, ledger, err)
         finally:
-            job.running.pop(member.name, None)
-            job.started.pop(member.name, None)
-            member.sent -= 1
-            member.sent_tokens = max(0.0, member.sent_tokens - job.tokens)
-            member.sent_prompt_tokens = max(0.0, member.sent_prompt_tokens - job.prompt_tokens)
-            member.release(job)
-            self._pump(member)
+            job.running.pop(ledger.name, None)
+            job.started.pop(ledger.name, None)
+            ledger.sent -= 1
+            ledger.sent_tokens = max(0.0, ledger.sent_tokens - job.tokens)
+            ledger.sent_prompt_tokens = max(0.0, ledger.sent_prompt_tokens - job.prompt_tokens)
+            ledger.release(job)
+            self._pump(ledger)
 
-    def _failed(self, job: _Job, member: _Member, err: Exception) -> None:
+    def _failed(self, job: _Job, ledger: _Ledger, err: Exception) -> None:
         self._log.warning(
             "dispatch.attempt_failed",
             task_id=job.prompt.task_id,
-            agent=member.name,
+            agent=ledger.name,
             error=f"{type(err).__name__}: {err}",
         )
-        if isinstance(err, ActorDeadError):
-            self._forget(member.name, reason="dead")
         if job.done.is_set() or len(job.running) > 1 or job.holders:
             return  # another copy carries on
         if len(job.tried) < self.config.max_attempts and self._place(job, exclude=job.tried):
@@ -473,7 +487,7 @@ class Dispatcher:
             return
         job.settled = True
         for name in list(job.holders):
-            holder = self._members.get(name)
+            holder = self._ledgers.get(name)
             if holder is not None and job in holder.waiting:
                 holder.waiting.remove(job)
                 holder.release(job)
@@ -483,8 +497,11 @@ class Dispatcher:
                 continue
             scope.cancel()
             self._counts["cancelled"] += 1
-            if not self._closed:
-                self._tg.start_soon(self._cancel_on, name, job.prompt.task_id)
+            self._cancel_later(name, job)
+
+    def _cancel_later(self, agent: str, job: _Job) -> None:
+        if not self._closed:
+            self._tg.start_soon(self._cancel_on, agent, job.prompt.task_id)
 
     async def _cancel_on(self, agent: str, task_id: str) -> None:
         with contextlib.suppress(BusError, ConfigError):
@@ -493,7 +510,7 @@ class Dispatcher:
             )
         self._log.info("dispatch.cancelled", task_id=task_id, agent=agent)
 
-    async def _hedge_later(self, job: _Job, first: _Member, expected: float) -> None:
+    async def _hedge_later(self, job: _Job, first: _Ledger, expected: float) -> None:
         assert self.hedge is not None
         delay = self.hedge.delay(expected, self._slowness)
         with anyio.move_on_after(delay):
@@ -513,86 +530,53 @@ class Dispatcher:
                 after_s=round(delay, 4),
             )
 
-    # --- membership --------------------------------------------------------------------------
-    def _member(self, name: str) -> _Member:
-        member = self._members.get(name)
-        if member is None:
-            member = self._members[name] = _Member(name)
-            self._membership_changed()
-        member.last_seen = time.monotonic()
-        return member
+    # --- following the view ------------------------------------------------------------------
+    async def _follow(self) -> None:
+        """Re-read the view at each change (and every ``_RECHECK_S`` whatever happens)."""
+        while True:
+            self._reconcile()
+            with anyio.move_on_after(_RECHECK_S):
+                await self.membership.wait_changed()
 
-    async def _on_join(self, incoming: Incoming[AgentInfo]) -> None:
-        info = incoming.body
-        if info.team != self.subjects.team:
-            return
-        member = self._member(info.agent)
-        member.device = info.device
-        member.tokens_per_s = info.tokens_per_s
-        member.prompt_tokens_per_s = info.prompt_tokens_per_s
-        member.draining = False
-        member.learning = False
-        self._membership_changed()
-        self._log.info("dispatch.agent_joined", agent=info.agent, tokens_per_s=info.tokens_per_s)
-        self._pump(member)
+    def _reconcile(self) -> None:
+        """Move work off members that may no longer take it; put new members to work."""
+        for name, ledger in list(self._ledgers.items()):
+            info = self.membership.member(name)
+            if info is not None and info.available:
+                continue
+            state = "gone" if info is None else "draining" if info.live else info.state
+            if state == "dead":
+                self._abandon_running(ledger)
+            if ledger.waiting:
+                self._reassign(ledger, state)
+            if not ledger.sent:
+                del self._ledgers[name]
+        for _, ledger in self._eligible():
+            self._pump(ledger)
 
-    async def _on_heartbeat(self, incoming: Incoming[Heartbeat]) -> None:
-        beat = incoming.body
-        known = beat.agent in self._members
-        member = self._member(beat.agent)
-        draining = beat.state == "draining"
-        if draining != member.draining:
-            member.draining = draining
-            self._membership_changed()
-        if not known:  # joined before we listened: not placed on until its rates are in
-            member.learning = True
-            self._tg.start_soon(self._learn, beat.agent)
+    def _abandon_running(self, ledger: _Ledger) -> None:
+        """Stop waiting for answers from an agent the view declares dead; they go elsewhere."""
+        for job in list(self._active.values()):
+            scope = job.running.get(ledger.name)
+            if scope is not None and not scope.cancel_called and not job.done.is_set():
+                scope.cancel()
+                self._cancel_later(ledger.name, job)
 
-    async def _learn(self, name: str) -> None:
-        """Ask an agent we only know by heartbeat for its device and rates (0 if it fails)."""
-        try:
-            with contextlib.suppress(AgentError, BusError):
-                pong = await ActorRef(self.bus, self.subjects, name).ask(
-                    Ping(), expect=Pong, timeout=self.config.silence_s
-                )
-                member = self._members.get(name)
-                if member is not None and member.learning:
-                    member.device = pong.device
-                    member.tokens_per_s = pong.tokens_per_s
-                    member.prompt_tokens_per_s = pong.prompt_tokens_per_s
-        finally:
-            member = self._members.get(name)
-            if member is not None and member.learning:
-                member.learning = False
-                self._membership_changed()
-                self._pump(member)
-
-    async def _on_leave(self, incoming: Incoming[Leave]) -> None:
-        self._forget(incoming.body.agent, reason=incoming.body.reason)
-
-    def _forget(self, name: str, *, reason: str) -> None:
-        """Drop an agent; what waited for it is placed again, what runs there plays out."""
-        member = self._members.pop(name, None)
-        if member is None:
-            return
-        self._log.info("dispatch.agent_left", agent=name, reason=reason)
-        orphans = list(member.waiting)
-        member.waiting.clear()
+    def _reassign(self, ledger: _Ledger, state: str) -> None:
+        """Place the work waiting for an agent again; what it runs plays out (or is abandoned)."""
+        self._log.info("dispatch.agent_unavailable", agent=ledger.name, state=state)
+        orphans = list(ledger.waiting)
+        ledger.waiting.clear()
         for job in orphans:
-            job.holders.discard(name)
+            job.holders.discard(ledger.name)
+            ledger.release(job)
             if job.done.is_set() or job.running or job.holders:
                 continue
             if not self._place(job):
-                job.error = AgentError(f"agent {name} left ({reason}) and no other agent is known")
+                job.error = AgentError(
+                    f"agent {ledger.name} is {state} and no other agent is available"
+                )
                 self._settle(job, winner="")
-
-    async def _sweep(self) -> None:
-        while True:
-            await anyio.sleep(self.config.silence_s / 4)
-            cutoff = time.monotonic() - self.config.silence_s
-            for member in list(self._members.values()):
-                if member.last_seen < cutoff:
-                    self._forget(member.name, reason="silent")
 
     async def _close(self) -> None:
         self._closed = True
@@ -606,39 +590,33 @@ class Dispatcher:
 async def open_dispatcher(
     bus: Bus,
     team: str,
+    *,
+    membership: Membership,
     placement: Placement | None = None,
     hedge: HedgePolicy | None = None,
     config: DispatcherConfig | None = None,
 ) -> AsyncIterator[Dispatcher]:
-    """Dispatch prompts to ``team``'s agents for the duration of the block.
+    """Dispatch prompts to ``team``'s agents, as ``membership`` sees them, for the block.
 
-    ``placement`` defaults to :class:`~lmteams.hardware.LeastExpectedCompletion`; without
-    ``hedge`` nothing is hedged.
+    ``membership`` is the process's view (a runtime's ``membership``, or a gossip view for a
+    program that hosts no agent); ``placement`` defaults to
+    :class:`~lmteams.hardware.LeastExpectedCompletion`; without ``hedge`` nothing is hedged.
     """
     subjects = Subjects(team)
     async with anyio.create_task_group() as tg:
-        chosen: Placement = placement if placement is not None else LeastExpectedCompletion()
         dispatcher = Dispatcher(
             bus,
             subjects,
-            placement=chosen,
+            membership=membership,
+            placement=placement if placement is not None else LeastExpectedCompletion(),
             hedge=hedge,
             config=config or DispatcherConfig(),
             tg=tg,
         )
-        subs: list[Subscription] = [
-            await bus.subscribe(subjects.gossip("join"), dispatcher._on_join, codec=_JOIN),
-            await bus.subscribe(
-                subjects.gossip("heartbeat"), dispatcher._on_heartbeat, codec=_BEAT
-            ),
-            await bus.subscribe(subjects.gossip("leave"), dispatcher._on_leave, codec=_LEAVE),
-        ]
-        tg.start_soon(dispatcher._sweep)
+        tg.start_soon(dispatcher._follow)
         try:
             yield dispatcher
         finally:
             with anyio.CancelScope(shield=True):
-                for sub in subs:
-                    await sub.unsubscribe()
                 await dispatcher._close()
             tg.cancel_scope.cancel()

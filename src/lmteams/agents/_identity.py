@@ -2,6 +2,9 @@
 
 Votes in a Byzantine quorum are signed so that no agent can forge or replay another's;
 the payload binds task, round, agent and text, so a signature is valid for one vote only.
+The team binds an agent's public key to its name on first join and refuses another one, so
+an agent's key must outlive its process: a daemon reads it from its bus credential (the nkey
+seed file) or from a seed file of its own, made once (``stored_identity``).
 """
 
 from __future__ import annotations
@@ -9,12 +12,15 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+from pathlib import Path
 
 import nacl.exceptions
 import nacl.signing
 import nkeys
 
-__all__ = ("AgentIdentity", "vote_payload", "verify_vote")
+from lmteams.errors import ConfigError
+
+__all__ = ("AgentIdentity", "vote_payload", "verify_vote", "identity_from_file", "stored_identity")
 
 _DOMAIN = b"lmteams-vote/1"
 
@@ -62,3 +68,37 @@ class AgentIdentity:
 
     def sign_vote(self, task_id: str, round_: int, agent: str, text: str) -> str:
         return self.sign(vote_payload(task_id, round_, agent, text))
+
+
+def identity_from_file(path: Path) -> AgentIdentity:
+    """The identity whose seed (``SU...``) ``path`` holds, as ``lmteams bus up`` writes it."""
+    try:
+        return AgentIdentity(path.expanduser().read_bytes().strip())
+    except (OSError, ValueError, nkeys.NkeysError) as exc:
+        raise ConfigError(f"cannot read the nkey seed in {path}: {exc}") from exc
+
+
+def stored_identity(path: Path) -> AgentIdentity:
+    """The identity kept in ``path``, created there (mode 0600) on first use.
+
+    The seed is written to a private temporary file and linked into place, which fails when
+    the path exists: two processes starting at once under one name both end up with the one
+    key that won, and no reader ever sees a half-written file.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if path.exists():
+        return identity_from_file(path)
+    seed = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, seed + b"\n")
+    finally:
+        os.close(fd)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        return identity_from_file(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return AgentIdentity(seed)

@@ -16,9 +16,6 @@ __all__ = (
     "Stage",
     "Progress",
     "AgentAnswer",
-    "AgentInfo",
-    "Heartbeat",
-    "Leave",
     "Prompt",
     "Answer",
     "Ping",
@@ -113,37 +110,6 @@ class Progress(msgspec.Struct, frozen=True, kw_only=True, tag="progress"):
     at: float = 0.0
 
 
-class AgentInfo(msgspec.Struct, frozen=True, kw_only=True, tag="agent_info"):
-    """An agent's announcement when it joins: who, where, on what, how fast."""
-
-    agent: str
-    team: str
-    roles: tuple[str, ...] = ("worker",)
-    device: str = ""
-    model: str = ""
-    backend: str = ""
-    host: str = ""
-    pid: int = 0
-    tokens_per_s: float = 0.0  # measured generation rate, 0 until known
-    started_at: float = 0.0
-    public_key: str = ""  # signs this agent's votes
-    prompt_tokens_per_s: float = 0.0  # measured prompt-processing rate, 0 until known
-
-
-class Heartbeat(msgspec.Struct, frozen=True, kw_only=True, tag="heartbeat"):
-    agent: str
-    seq: int
-    public_key: str = ""  # repeated so members that joined later learn it
-    in_flight: int = 0
-    served: int = 0
-    state: str = "serving"  # serving | draining
-
-
-class Leave(msgspec.Struct, frozen=True, kw_only=True, tag="leave"):
-    agent: str
-    reason: str = "shutdown"
-
-
 class Prompt(msgspec.Struct, frozen=True, kw_only=True, tag="prompt"):
     """A direct request to one agent's model (coordinators fan these out)."""
 
@@ -179,16 +145,18 @@ class Ping(msgspec.Struct, frozen=True, kw_only=True, tag="ping"):
 
 
 class Pong(msgspec.Struct, frozen=True, kw_only=True, tag="pong"):
+    """An agent's answer to a ``Ping``: alive and serving, with the facts it publishes."""
+
     agent: str
     state: str = "serving"
     served: int = 0
     mailbox: int = 0
-    # capacity, so a dispatcher that missed the join announcement can still place by it
     device: str = ""
     tokens_per_s: float = 0.0
     prompt_tokens_per_s: float = 0.0
     in_flight: int = 0  # tasks this agent is answering now: its load
     model: str = ""
+    restarts: int = 0  # times the agent's actor was restarted in this process
 
 
 class Stop(msgspec.Struct, frozen=True, kw_only=True, tag="stop"):

@@ -23,6 +23,8 @@ from anyio.abc import TaskGroup, TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from lmteams.agents._actor import Actor
+from lmteams.agents._identity import AgentIdentity
+from lmteams.agents._membership import LocalMembership, Membership
 from lmteams.agents._ref import ActorRef
 from lmteams.bus import (
     Backoff,
@@ -46,6 +48,7 @@ __all__ = (
     "dead_letter",
     "reply_address",
     "H_REPLY_TO",
+    "IdentitySource",
 )
 
 log = structlog.get_logger(__name__)
@@ -93,16 +96,35 @@ class ActorStatistics(msgspec.Struct, frozen=True, kw_only=True):
     mailbox: int
 
 
-class ActorContext:
-    """What an actor knows of its place: id, team, bus, and how to reach others."""
+IdentitySource = Callable[[str], AgentIdentity]
+"""The signing identity of the actor with a given id; called once per actor, not per restart."""
 
-    def __init__(self, runtime: Runtime, actor_id: str, roles: tuple[str, ...]) -> None:
+
+class ActorContext:
+    """What an actor knows of its place: id, team, bus, the team's membership, its key.
+
+    ``identity`` belongs to the actor's cell, not to one incarnation: the team binds the key
+    to the actor's name on its first join, so a restarted actor must sign with the same one.
+    """
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        actor_id: str,
+        roles: tuple[str, ...],
+        identity: AgentIdentity,
+        *,
+        restarts: int = 0,
+    ) -> None:
         self.runtime = runtime
         self.actor_id = actor_id
         self.roles = roles
+        self.identity = identity
+        self.restarts = restarts  # how many times this actor was restarted before this start
         self.bus = runtime.bus
         self.subjects = runtime.subjects
         self.team = runtime.subjects.team
+        self.membership = runtime.membership
         self.log = log.bind(agent_id=actor_id, team=self.team)
 
     def ref(self, actor_id: str) -> ActorRef:
@@ -165,6 +187,7 @@ class _Cell:
         self.roles = roles
         self.policy = policy
         self.drain_timeout = drain_timeout
+        self.identity = runtime.identities(actor_id)
         self.state = ActorState.STARTING
         self.processed = 0
         self.errors = 0
@@ -193,7 +216,9 @@ class _Cell:
         try:
             while not self.stop_requested.is_set():
                 actor = self.factory()
-                actor._context = ActorContext(self.runtime, self.actor_id, self.roles)
+                actor._context = ActorContext(
+                    self.runtime, self.actor_id, self.roles, self.identity, restarts=self.restarts
+                )
                 try:
                     await self._incarnation(actor, status)
                     break
@@ -403,9 +428,19 @@ class _Cell:
 class Runtime:
     """Hosts actors on one bus connection for one team. Create with ``open_runtime``."""
 
-    def __init__(self, bus: Bus, subjects: Subjects, tg: TaskGroup) -> None:
+    def __init__(
+        self,
+        bus: Bus,
+        subjects: Subjects,
+        tg: TaskGroup,
+        *,
+        membership: Membership | None = None,
+        identities: IdentitySource | None = None,
+    ) -> None:
         self.bus = bus
         self.subjects = subjects
+        self.membership: Membership = membership or LocalMembership()
+        self.identities: IdentitySource = identities or (lambda _actor_id: AgentIdentity())
         self._tg = tg
         self._cells: dict[str, _Cell] = {}
 
@@ -465,10 +500,21 @@ class Runtime:
 
 
 @contextlib.asynccontextmanager
-async def open_runtime(bus: Bus, team: str) -> AsyncIterator[Runtime]:
-    """Host actors for the duration of the block; every actor is stopped gracefully on exit."""
+async def open_runtime(
+    bus: Bus,
+    team: str,
+    *,
+    membership: Membership | None = None,
+    identities: IdentitySource | None = None,
+) -> AsyncIterator[Runtime]:
+    """Host actors for the duration of the block; every actor is stopped gracefully on exit.
+
+    ``membership`` is the team's view the actors read and publish to (a process that hosts
+    the whole team needs none: :class:`LocalMembership`); ``identities`` gives each actor its
+    signing key (a fresh one per actor by default; the daemon passes its stored key).
+    """
     async with anyio.create_task_group() as tg:
-        runtime = Runtime(bus, Subjects(team), tg)
+        runtime = Runtime(bus, Subjects(team), tg, membership=membership, identities=identities)
         try:
             yield runtime
         finally:

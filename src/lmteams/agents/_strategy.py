@@ -19,9 +19,9 @@ from typing import Protocol
 import msgspec
 
 from lmteams.agents._identity import AgentIdentity
+from lmteams.agents._membership import Membership
 from lmteams.agents._messages import AgentAnswer, Answer, Prompt, Task
 from lmteams.agents._ref import ActorRef
-from lmteams.agents._roster import Roster
 from lmteams.bus import Bus, Subjects
 
 __all__ = (
@@ -51,7 +51,8 @@ class Outcome(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class StrategyContext:
-    """The coordinating agent's view: the bus, who is live, its identity, how to ask others."""
+    """The coordinating agent's view: the bus, the team's membership (who is available, with
+    which bound key), its own identity, and how to ask others."""
 
     def __init__(
         self,
@@ -59,14 +60,14 @@ class StrategyContext:
         bus: Bus,
         subjects: Subjects,
         agent_id: str,
-        roster: Roster,
+        membership: Membership,
         identity: AgentIdentity,
         ask_timeout_s: float,
     ) -> None:
         self.bus = bus
         self.subjects = subjects
         self.agent_id = agent_id
-        self.roster = roster
+        self.membership = membership
         self.identity = identity
         self.ask_timeout_s = ask_timeout_s
 

@@ -4,7 +4,8 @@ This module is the agent's life cycle and wiring; each concern is its own piece,
 name: ``_taskpath`` (one queued delivery to its one stored result), ``_refusals`` (dead
 letters, duplicates, poison, the write-once result), ``_coordinate`` (running a strategy as
 coordinator), ``_prompts`` (direct prompts, cancels, vote signing) and ``_presence`` (the
-membership publisher: join, heartbeats, leave, pong).
+membership publisher: join, facts every heartbeat, leave, pong). Who else is in the team,
+and with which key, is the runtime's membership (``context.membership``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from lmteams.agents._identity import AgentIdentity
 from lmteams.agents._messages import Answer, Ping, Pong, Prompt
 from lmteams.agents._presence import Presence
 from lmteams.agents._prompts import DirectPrompts
-from lmteams.agents._roster import Roster
 from lmteams.agents._taskpath import TaskPath
 from lmteams.agents._tasks import MAX_PROMPT_BYTES
 from lmteams.bus import (
@@ -76,13 +76,16 @@ class WorkerAgent(Actor):
         self.refused = 0  # messages and tasks refused with a dead letter (duplicates apart)
         self.failures = 0  # tries that raised (each handed back, or ended at the last try)
         self.poisoned = 0  # tasks ended after max_deliveries tries
-        self.identity = AgentIdentity()
-        self.roster: Roster | None = None
         self.tokens_per_s = 0.0
         self.prompt_tokens_per_s = 0.0
         self._tasks = TaskPath(self)
         self._direct = DirectPrompts(self)
         self._presence = Presence(self)
+
+    @property
+    def identity(self) -> AgentIdentity:
+        """The key this agent signs votes with: its cell's, the same across restarts."""
+        return self.context.identity
 
     # --- life cycle ------------------------------------------------------------------------
     def open_backend(self) -> contextlib.AbstractAsyncContextManager[Backend]:
@@ -99,15 +102,6 @@ class WorkerAgent(Actor):
         self.tokens_per_s, self.prompt_tokens_per_s = advertised_rates(
             self.backend, self.config.backend
         )
-        self.roster = Roster(
-            ctx.bus, ctx.subjects, liveness_s=max(2.0, 3 * self.config.heartbeat_s)
-        )
-        await self.roster.open()
-        self.roster.see(ctx.actor_id, public_key=self.identity.public_key)
-        info = await self._presence.join()
-        ctx.log.info(
-            "agent.joined", device=info.device, model=info.model, tokens_per_s=info.tokens_per_s
-        )
 
     async def run(self) -> None:
         async with anyio.create_task_group() as tg:
@@ -122,12 +116,11 @@ class WorkerAgent(Actor):
 
     async def on_drain(self) -> None:
         self._draining = True
+        self._presence.update()  # placement and strategies stop choosing it now
         self.context.log.info("agent.draining", in_flight=self.in_flight)
 
     async def on_stop(self) -> None:
         await self._direct.close()
-        if self.roster is not None:
-            await self.roster.close()
         await self._presence.leave()
         if self._queue is not None:
             await self._queue.close()
@@ -135,7 +128,12 @@ class WorkerAgent(Actor):
         self.context.log.info("agent.left", served=self.served)
 
     async def _heartbeats(self) -> None:
-        await self._presence.heartbeats()
+        """Join the team, then keep its view of this agent's facts fresh.
+
+        Not in ``on_start``: the actor's mailbox opens after it, and a member the view shows
+        is one a dispatcher or a coordinator may ask at once (it would be told "stopping").
+        """
+        await self._presence.serve()
 
     # --- direct requests -------------------------------------------------------------------
     @handler

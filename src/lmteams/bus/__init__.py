@@ -58,7 +58,7 @@ from lmteams.bus._server import (
     run_server,
 )
 from lmteams.bus._subjects import (
-    GOSSIP_TOPICS,
+    KEYS_BUCKET,
     TASKS_CONSUMER,
     TEAM_BUCKETS,
     ParsedSubject,
@@ -117,7 +117,7 @@ __all__ = (
     "validate_token",
     "inbox_prefix",
     "is_reply_address",
-    "GOSSIP_TOPICS",
+    "KEYS_BUCKET",
     "TEAM_BUCKETS",
     "TASKS_CONSUMER",
     # jetstream

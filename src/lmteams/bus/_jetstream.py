@@ -7,6 +7,7 @@ compare-and-set for claims and leases. The helpers are idempotent so every agent
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -288,6 +289,8 @@ class KV:
             entry = await self._kv.get(key)
         except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
             return None
+        except nats.errors.Error as err:  # no answer (a timeout, or a permission refused)
+            raise BusError(f"cannot read {self.bucket}/{key}: {err!r}") from err
         return KVEntry(key=key, value=entry.value or b"", revision=entry.revision or 0)
 
     async def create(self, key: str, value: bytes, *, ttl: float | None = None) -> int:
@@ -299,6 +302,8 @@ class KV:
             return await self._kv.create(key, value, msg_ttl=ttl)
         except nats.js.errors.KeyWrongLastSequenceError as err:
             raise RevisionMismatchError(f"{self.bucket}/{key} already exists") from err
+        except nats.errors.Error as err:  # no answer (a timeout, or a permission refused)
+            raise BusError(f"cannot create {self.bucket}/{key}: {err!r}") from err
 
     async def update(
         self, key: str, value: bytes, *, revision: int, ttl: float | None = None
@@ -346,12 +351,34 @@ async def open_kv(
     ttl: float | None = None,
     history: int = 1,
     replicas: int = 1,
+    write_once: bool = False,
 ) -> KV:
-    """Open a KV bucket, creating it if absent (per-key TTL is always allowed)."""
+    """Open a KV bucket, creating it if absent (per-key TTL is always allowed).
+
+    ``write_once`` makes the server refuse any write to a key that holds a value
+    (``discard_new_per_subject`` on the bucket's stream): ``create`` is only a client-side
+    promise, and a plain publish on ``$KV.<bucket>.<key>`` would replace the value. Only an
+    identity that may change streams can set it; anyone else gets the bucket as it is.
+    """
     try:
-        kv = await bus.js.key_value(bucket)
-    except nats.js.errors.BucketNotFoundError:
-        kv = await bus.js.create_key_value(
-            bucket=bucket, ttl=ttl, history=history, replicas=replicas
-        )
+        try:
+            kv = await bus.js.key_value(bucket)
+        except nats.js.errors.BucketNotFoundError:
+            kv = await bus.js.create_key_value(
+                bucket=bucket, ttl=ttl, history=history, replicas=replicas
+            )
+        if write_once:
+            await _make_write_once(bus, f"KV_{bucket}")
+    except nats.errors.Error as err:  # no JetStream, no answer, or a permission refused
+        raise BusError(f"cannot open KV bucket {bucket}: {err!r}") from err
     return KV(bus, kv, bucket)
+
+
+async def _make_write_once(bus: Bus, stream: str) -> None:
+    config = (await bus.js.stream_info(stream)).config
+    if config.discard_new_per_subject:
+        return
+    try:
+        await bus.js.update_stream(dataclasses.replace(config, discard_new_per_subject=True))
+    except nats.errors.Error as err:  # not ours to change (a member on a secured bus)
+        log.warning("bus.kv_not_write_once", stream=stream, error=repr(err))

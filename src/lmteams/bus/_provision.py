@@ -14,7 +14,7 @@ import structlog
 
 from lmteams.bus._connection import Bus, open_bus
 from lmteams.bus._jetstream import StreamSettings, ensure_team_streams, open_kv
-from lmteams.bus._subjects import TEAM_BUCKETS, Subjects
+from lmteams.bus._subjects import KEYS_BUCKET, TEAM_BUCKETS, Subjects
 from lmteams.bus._workqueue import WorkQueueSettings, open_work_queue
 
 __all__ = ("provision_team", "provision_team_at")
@@ -37,7 +37,9 @@ async def provision_team(
     await ensure_team_streams(bus, subjects, settings, update=True)
     await (await open_work_queue(bus, subjects, queue)).close()
     for name in TEAM_BUCKETS:
-        await open_kv(bus, subjects.kv_bucket(name), replicas=settings.replicas)
+        # a key binding is written once: the server refuses any later write to a bound name
+        once = name == KEYS_BUCKET
+        await open_kv(bus, subjects.kv_bucket(name), replicas=settings.replicas, write_once=once)
     log.info("bus.team_provisioned", team=subjects.team, buckets=len(TEAM_BUCKETS))
 
 

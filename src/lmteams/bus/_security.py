@@ -24,7 +24,7 @@ import msgspec
 import nkeys
 
 from lmteams.bus._subjects import (
-    GOSSIP_TOPICS,
+    KEYS_BUCKET,
     TASKS_CONSUMER,
     TEAM_BUCKETS,
     SubjectKind,
@@ -161,19 +161,21 @@ def _work_queue(subjects: Subjects) -> list[str]:
     ]
 
 
-def _kv_buckets(subjects: Subjects) -> list[str]:
+def _kv_buckets(subjects: Subjects, agent: str) -> list[str]:
     """The team's KV buckets as nats-py's ``KeyValue`` uses them.
 
     ``key_value()`` reads the stream's info; ``get`` is a (direct) message get; ``create``,
     ``update``, ``put`` and ``delete`` are publishes on ``$KV.<bucket>.<key>``; ``keys`` and
     ``watch`` make an ephemeral ordered consumer and read its info. Creating or deleting a
-    bucket is not here.
+    bucket is not here. In the keys bucket the agent writes only its own name: the binding
+    of its public key is then the credential's word, not anyone's.
     """
     allow: list[str] = []
     for name in TEAM_BUCKETS:
         bucket = subjects.kv_bucket(name)
         stream = f"KV_{bucket}"
-        allow += [f"$KV.{bucket}.>", *_stream_reads(stream)]
+        writes = f"$KV.{bucket}.{agent}" if name == KEYS_BUCKET else f"$KV.{bucket}.>"
+        allow += [writes, *_stream_reads(stream)]
         allow += [f"$JS.API.CONSUMER.CREATE.{stream}", f"$JS.API.CONSUMER.CREATE.{stream}.>"]
         allow += [f"$JS.API.CONSUMER.INFO.{stream}.>"]
     return allow
@@ -192,7 +194,6 @@ def agent_permissions(subjects: Subjects, agent: str, *, identity: str = "") -> 
     its own reply prefix; replies to others' requests go through ``allow_responses``.
     """
     validate_token(agent, "agent name")
-    gossip = [subjects.gossip(t) for t in GOSSIP_TOPICS]
     return {
         "publish": {
             "allow": [
@@ -206,7 +207,7 @@ def agent_permissions(subjects: Subjects, agent: str, *, identity: str = "") -> 
                 *_team_streams(subjects),
                 *_stream_reads(subjects.results_stream),  # "already answered?" before work
                 *_work_queue(subjects),
-                *_kv_buckets(subjects),
+                *_kv_buckets(subjects, agent),
             ],
             "deny": [subjects.all(SubjectKind.CONTROL), *_DESTRUCTIVE],
         },
@@ -215,7 +216,6 @@ def agent_permissions(subjects: Subjects, agent: str, *, identity: str = "") -> 
                 subjects.agent(agent),
                 subjects.all(SubjectKind.ROLE),
                 subjects.control(agent),
-                *gossip,
                 subjects.gossip_member(agent),
                 subjects.gossip_seed,
                 subjects.all(SubjectKind.VOTE),
@@ -231,7 +231,8 @@ def client_permissions(subjects: Subjects, *, identity: str = "client") -> dict[
 
     A client never sees another client's prompts: it may not subscribe to the tasks
     subject, read the tasks stream, pull from its consumer or listen on any inbox but its
-    own (the agents' inboxes carry the task bodies they pull).
+    own (the agents' inboxes carry the task bodies they pull). It reads the membership as
+    an observer (a sync on the seed subject) and the key bindings, and writes neither.
     """
     return {
         "publish": {
@@ -240,6 +241,7 @@ def client_permissions(subjects: Subjects, *, identity: str = "client") -> dict[
                 subjects.gossip_seed,  # `lmteams status` asks a member for its view
                 *_team_streams(subjects),
                 *_stream_reads(subjects.results_stream),
+                *_stream_reads(f"KV_{subjects.kv_bucket(KEYS_BUCKET)}"),
             ],
             "deny": [*_DESTRUCTIVE],
         },
@@ -247,7 +249,6 @@ def client_permissions(subjects: Subjects, *, identity: str = "client") -> dict[
             "allow": [
                 subjects.all(SubjectKind.RESULTS),
                 subjects.all(SubjectKind.PROGRESS),
-                *(subjects.gossip(t) for t in GOSSIP_TOPICS),
                 _own_inbox(identity),
             ],
         },

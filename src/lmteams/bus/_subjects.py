@@ -20,8 +20,8 @@ __all__ = (
     "validate_token",
     "inbox_prefix",
     "is_reply_address",
-    "GOSSIP_TOPICS",
     "TEAM_BUCKETS",
+    "KEYS_BUCKET",
     "TASKS_CONSUMER",
 )
 
@@ -29,11 +29,12 @@ PREFIX = "lmt"
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 _INBOX = "_INBOX"
 
-GOSSIP_TOPICS = ("join", "heartbeat", "leave")
-"""The announcement topics under ``lmt.<team>.gossip.`` (SWIM traffic has its own two)."""
+KEYS_BUCKET = "keys"
+"""The KV bucket binding each member name to its public key (first binding wins); on a
+secured bus each agent may write only its own name in it."""
 
-TEAM_BUCKETS = ("leases", "state", "claims")
-"""KV buckets agents read and write: election leases, fenced leader state, claims."""
+TEAM_BUCKETS = ("leases", "state", "claims", KEYS_BUCKET)
+"""KV buckets agents read and write: election leases, fenced leader state, claims, keys."""
 
 TASKS_CONSUMER = "workers"
 """The durable pull consumer on the tasks stream that every agent of a team shares."""
@@ -128,7 +129,7 @@ class Subjects(msgspec.Struct, frozen=True):
         """A gossip member's SWIM inbox, ``lmt.<team>.gossip.swim.<member>``.
 
         Two tokens under ``gossip`` so ``lmt.<team>.gossip.swim.>`` watches all SWIM traffic
-        and no member name can collide with the ``join``/``heartbeat``/``leave`` topics.
+        and no member name can collide with another gossip topic (``swim-seed``).
         """
         return f"{self.root}.gossip.swim.{validate_token(member, 'gossip member')}"
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import time
-from pathlib import Path
 from typing import Annotated
 
 import anyio
@@ -54,7 +53,7 @@ from lmteams.cli._common import (
 )
 from lmteams.consensus import LeaderElection
 from lmteams.errors import ConfigError, LmteamsError
-from lmteams.gossip import MetaValue, gossip_as_agent
+from lmteams.gossip import open_membership
 from lmteams.hardware import BACKEND_KINDS, BackendConfig, ModelFile, resolve_model
 
 __all__ = ("agent_app", "up", "down", "task_app")
@@ -167,8 +166,14 @@ def agent_start(
         auth=_auth(nkey_seed, user, creds, tls_ca),
     )
     services = [_standing_for(team, role, lease_ttl) for role in elect or ()]
-    services.append(_gossiping(team, {"device": backend, "model": Path(model).stem}))
-    code = run_async(lambda: run_daemon(config, services=services))
+    code = run_async(
+        lambda: run_daemon(
+            config,
+            services=services,
+            # the agent is a SWIM member of the team; its facts are its gossiped map
+            membership=open_membership,
+        )
+    )
     raise typer.Exit(code=code)
 
 
@@ -179,15 +184,6 @@ def _standing_for(team: str, role: str, ttl: float) -> Service:
         await LeaderElection(bus, team, candidate=name, role=role, ttl_s=ttl).run()
 
     return stand
-
-
-def _gossiping(team: str, meta: dict[str, MetaValue]) -> Service:
-    """A daemon service: this agent is a SWIM member, so `lmteams status` and peers see it."""
-
-    async def member(bus: Bus, name: str) -> None:
-        await gossip_as_agent(bus, team, name, meta=meta)
-
-    return member
 
 
 def up(

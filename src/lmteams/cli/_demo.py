@@ -11,7 +11,8 @@ from rich.live import Live
 from rich.table import Table
 
 from lmteams.agents import (
-    AgentInfo,
+    MemberInfo,
+    Membership,
     Progress,
     Result,
     Stage,
@@ -19,8 +20,8 @@ from lmteams.agents import (
     connect,
     open_supervisor,
 )
-from lmteams.bus import Codec, Incoming
 from lmteams.cli._common import check_backend, err, out, positive, run_async, runs_on, setup_logs
+from lmteams.gossip import open_membership
 from lmteams.hardware import BACKEND_KINDS, resolve_model
 
 __all__ = ("demo", "QUESTIONS")
@@ -39,14 +40,18 @@ _STYLES: dict[str, str] = {Stage.DONE: "green", Stage.FAILED: "red", Stage.CLAIM
 
 
 class _Board:
-    """What the live view shows: agents that joined and where each question stands."""
+    """What the live view shows: the team's live agents and where each question stands."""
 
     def __init__(self, questions: list[str]) -> None:
-        self.agents: dict[str, AgentInfo] = {}
+        self.agents: dict[str, MemberInfo] = {}
         self.questions = questions
         self.stage: dict[str, str] = {}
         self.who: dict[str, str] = {}
         self.results: dict[str, Result] = {}
+
+    def see(self, view: Membership) -> None:
+        """Take the live members of the team's membership view (what ``lmteams status`` shows)."""
+        self.agents = {m.name: m for m in view.members() if m.live}
 
     def on_progress(self, progress: Progress) -> None:
         self.stage[progress.task_id] = progress.stage
@@ -107,24 +112,21 @@ def demo(
             async with (
                 open_supervisor(config) as supervisor,
                 connect(supervisor.url, team="demo", name="demo") as team,
+                open_membership(team.bus, "demo") as view,
             ):
-
-                async def on_join(inc: Incoming[AgentInfo]) -> None:
-                    board.agents[inc.body.agent] = inc.body
-
-                await team.bus.subscribe(
-                    team.subjects.gossip("join"), on_join, codec=Codec(AgentInfo)
-                )
                 await supervisor.start_agents(path)
                 started = time.monotonic()
                 with out.status("starting agents") as status:
                     while len(board.agents) < agents:
-                        status.update(f"starting agents: {len(board.agents)}/{agents} joined")
-                        await anyio.sleep(0.1)
+                        status.update(f"starting agents: {len(board.agents)}/{agents} live")
+                        with anyio.move_on_after(0.5):
+                            await view.wait_changed()
+                        board.see(view)
                 out.print(
-                    f"{agents} agents joined in {time.monotonic() - started:.1f}s: "
+                    f"{agents} agents live in {time.monotonic() - started:.1f}s: "
                     + ", ".join(
-                        f"{a.agent} ({a.device}, pid {a.pid})" for a in board.agents.values()
+                        f"{m.name} ({m.facts.device}, pid {m.facts.pid})"
+                        for m in board.agents.values()
                     )
                 )
                 ids = [f"demo-{i + 1}-{int(time.time() * 1000)}" for i in range(len(asked))]
@@ -181,8 +183,8 @@ def _report(board: _Board, ids: list[str]) -> None:
         tokens_out = sum(r.tokens_out for r in mine)
         table.add_row(
             name,
-            info.device,
-            info.model,
+            info.facts.device,
+            info.facts.model,
             str(len(mine)),
             str(sum(r.tokens_in for r in mine)),
             str(tokens_out),

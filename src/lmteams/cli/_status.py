@@ -1,14 +1,22 @@
-"""``lmteams status``: the team's members as gossip sees them, in a table or as JSON."""
+"""``lmteams status``: the team's membership view, the one its strategies and dispatch read.
+
+It opens a ``GossipMembership`` that hosts nobody (an observer, which changes nothing it
+looks at) and prints what that view holds: a table for people, JSON for programs, and with
+``--watch`` the same live, redrawn on every change (one JSON line per change when piped).
+"""
 
 from __future__ import annotations
 
+import signal
 from typing import Annotated
 
+import anyio
 import msgspec
 import typer
+from rich.live import Live
 from rich.table import Table
 
-from lmteams.agents import resolve_url
+from lmteams.agents import MemberInfo, resolve_url
 from lmteams.bus import BusAuth, open_bus
 from lmteams.cli._common import (
     JsonFlag,
@@ -20,42 +28,79 @@ from lmteams.cli._common import (
     run_async,
     team_subjects,
 )
-from lmteams.gossip import MemberState, Update, observe_members
+from lmteams.gossip import GossipMembership, SwimConfig, fingerprint, open_membership
 
 __all__ = ("status",)
 
-_STYLE = {
-    MemberState.ALIVE: "green",
-    MemberState.SUSPECT: "yellow",
-    MemberState.DEAD: "red",
-    MemberState.LEFT: "dim",
-}
-_COLUMNS = ("device", "load", "model")
+_STYLE = {"alive": "green", "suspect": "yellow", "dead": "red", "left": "dim"}
+_COLUMNS = ("member", "state", "inc", "device", "model", "tok/s", "load", "served", "roles",
+            "key", "flag")  # fmt: skip
+_NUMERIC = frozenset(("inc", "tok/s", "load", "served"))
+_SAMPLES = 3  # syncs with (likely different) members within --wait
+_NOBODY = (
+    "no gossip members answered in team {team!r} (no agents running, or this credential "
+    "may not ask the team's gossip)"
+)
 
 
-def _cell(value: str | float | None) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:g}"
-    return value
+def _rate(value: float) -> str:
+    return f"{value:.1f}" if value else ""
 
 
-def _table(team: str, members: tuple[Update, ...]) -> Table:
-    table = Table(title=f"team {team}: {len(members)} members", title_justify="left")
-    for name in ("member", "state", "incarnation", *_COLUMNS, "other"):
-        table.add_column(name, justify="right" if name in ("incarnation", "load") else "left")
+def _table(team: str, members: tuple[MemberInfo, ...]) -> Table:
+    live = sum(m.live for m in members)
+    table = Table(title=f"team {team}: {live} live of {len(members)}", title_justify="left")
+    for name in _COLUMNS:
+        table.add_column(name, justify="right" if name in _NUMERIC else "left")
     for m in members:
-        meta = m.meta or {}
-        other = " ".join(f"{k}={_cell(v)}" for k, v in sorted(meta.items()) if k not in _COLUMNS)
+        facts = m.facts
+        state = m.state if facts.serving == "serving" or not m.live else "draining"
         table.add_row(
-            m.member,
-            f"[{_STYLE[m.state]}]{m.state.value}[/]",
+            m.name,
+            f"[{_STYLE[m.state]}]{state}[/]",
             str(m.incarnation),
-            *(_cell(meta.get(c)) for c in _COLUMNS),
-            other,
+            facts.device,
+            facts.model,
+            _rate(facts.tokens_per_s),
+            str(facts.in_flight),
+            str(facts.served),
+            ",".join(facts.roles),
+            fingerprint(facts.public_key),
+            "[red]key conflict[/]" if m.key_conflict else "",
         )
     return table
+
+
+def _json(team: str, members: tuple[MemberInfo, ...]) -> str:
+    return msgspec.json.encode({"team": team, "members": members}).decode()
+
+
+async def _watch(view: GossipMembership, team: str, *, json_out: bool, every: float) -> None:
+    """Redraw on every change of the view (and at least every ``every`` seconds) until
+    Ctrl-C or SIGTERM, which end it cleanly."""
+    async with anyio.create_task_group() as tg:
+
+        async def stop_on_signal() -> None:
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for _ in signals:
+                    tg.cancel_scope.cancel()
+
+        tg.start_soon(stop_on_signal)
+        if out.is_terminal and not json_out:
+            with Live(_table(team, view.members()), console=out, auto_refresh=False) as live:
+                while True:
+                    with anyio.move_on_after(every):
+                        await view.wait_changed()
+                    live.update(_table(team, view.members()), refresh=True)
+        else:  # a pipe or --json: a line per change, for a program to read as it comes
+            shown: tuple[MemberInfo, ...] | None = None
+            while True:
+                members = view.members()
+                if members != shown:
+                    shown = members
+                    typer.echo(_json(team, members))
+                with anyio.move_on_after(every):
+                    await view.wait_changed()
 
 
 def status(
@@ -67,29 +112,42 @@ def status(
         float,
         typer.Option(
             callback=positive,
-            help="Seconds to spend asking members (a few protocol periods).",
+            help="Seconds to spend asking members before printing; with --watch, the "
+            "longest time between redraws.",
         ),
     ] = 1.0,
+    watch: Annotated[
+        bool,
+        typer.Option(
+            "--watch",
+            help="Keep the view open and redraw it on every change (one JSON line per "
+            "change with --json or when piped); Ctrl-C ends it.",
+        ),
+    ] = False,
 ) -> None:
-    """Show the team's members, their state, device, load and model, from gossip."""
+    """Show the team's members as its membership view sees them: state, device, load, key."""
     team_subjects(team)
+    config = SwimConfig(period_s=wait / _SAMPLES)
 
-    async def main() -> tuple[Update, ...]:
+    async def main() -> tuple[MemberInfo, ...]:
         url = resolve_url(nats, team)
-        async with open_bus(url, name="status", **BusAuth.from_env().options()) as bus:
-            samples = 3
-            return await observe_members(
-                bus, team, samples=samples, interval=wait / samples, timeout=max(wait, 1.0)
-            )
+        async with (
+            open_bus(url, name="status", **BusAuth.from_env().options()) as bus,
+            open_membership(bus, team, config=config) as view,
+        ):
+            if watch:
+                await _watch(view, team, json_out=json_out, every=wait)
+                return view.members()
+            await anyio.sleep(wait)  # a few observer syncs: different members, merged
+            return view.members()
 
     members = run_async(main)
+    if watch:
+        return
     if json_out:
-        typer.echo(msgspec.json.encode({"team": team, "members": members}).decode())
+        typer.echo(_json(team, members))
         return
     if not members:
-        err.print(
-            f"no gossip members answered in team {team!r} (no agents running, or this "
-            "credential may not publish on gossip subjects)"
-        )
+        err.print(_NOBODY.format(team=team))
         raise typer.Exit(code=1)
     out.print(_table(team, members))

@@ -11,29 +11,42 @@ import msgspec
 from lmteams.agents import AgentAnswer, Answer, Outcome, Prompt, StrategyContext, Task, agent_seed
 from lmteams.errors import LmteamsError
 
-__all__ = ("choose_agents", "ask_all", "prompt_for", "as_agent_answer", "not_enough_agents")
+__all__ = (
+    "available_agents",
+    "choose_agents",
+    "ask_all",
+    "prompt_for",
+    "as_agent_answer",
+    "not_enough_agents",
+)
 
 DEFAULT_VOTE_TEMPERATURE = 0.7
 """Identical greedy answers make a vote pointless: voters sample unless the task says how."""
 
 
+def available_agents(ctx: StrategyContext) -> list[str]:
+    """The members that may be asked (live, not draining), this coordinator always among them:
+    it pulled the task, so it answers it even while it drains."""
+    names = {m.name for m in ctx.membership.members() if m.available}
+    return sorted({*names, ctx.agent_id})
+
+
 def choose_agents(ctx: StrategyContext, task: Task) -> list[str] | None:
-    """``task.agents`` distinct live agents, this one first, the rest drawn by task id."""
-    live = ctx.roster.live()
-    if ctx.agent_id not in live:
-        live = sorted({*live, ctx.agent_id})
-    if len(live) < task.agents:
+    """``task.agents`` distinct available agents, this one first, the rest drawn by task id."""
+    available = available_agents(ctx)
+    if len(available) < task.agents:
         return None
-    others = [a for a in live if a != ctx.agent_id]
+    others = [a for a in available if a != ctx.agent_id]
     return [ctx.agent_id, *random.Random(task.id).sample(others, task.agents - 1)]
 
 
 def not_enough_agents(ctx: StrategyContext, task: Task) -> Outcome:
-    live = len(ctx.roster.live())
+    count = len(available_agents(ctx))
     return Outcome(
         ok=False,
         error_kind="agents",
-        error=f"task {task.id} asks for {task.agents} agents but {live} are live in the team",
+        error=f"task {task.id} asks for {task.agents} agents but {count} are available "
+        "in the team (live and not draining)",
     )
 
 

@@ -3,7 +3,9 @@
 With n >= 3f + 1 agents, an answer is committed only when 2f + 1 valid votes match, so f
 faulty or lying agents can neither force a wrong answer nor block a right one held by the
 honest 2f + 1. Every vote is signed with its agent's ed25519 key over (task, round, agent,
-text): a vote cannot be forged under another agent's name or replayed on another task.
+text): a vote cannot be forged under another agent's name or replayed on another task, and
+it counts only when signed with the key the team's membership has bound to that name (a
+member cannot sign with a second key, nor sign as another member).
 Agents also broadcast their signed vote on ``lmt.<team>.vote.<task>``; two different signed
 votes from one agent are equivocation: that agent is flagged and none of its votes count.
 The result keeps every signed vote, so any client can re-check the commit (``verify_quorum``).
@@ -92,16 +94,17 @@ class QuorumStrategy:
         flagged: set[str] = set()
         seen: dict[str, set[str]] = {}  # agent -> texts it validly signed
         votes: dict[str, Answer] = {}
+        bound = ctx.membership.public_key  # the key the team bound to a name, never the vote's
         for agent, reply in replies.items():
             if not isinstance(reply, Answer):
                 continue  # a missing or late vote: it simply does not count
-            if not _valid(reply, task_id=task.id, agent=agent, key=ctx.roster.public_key(agent)):
+            if not _valid(reply, task_id=task.id, agent=agent, key=bound(agent)):
                 flagged.add(agent)  # forged, replayed, or signed with a key not its own
                 continue
             votes[agent] = reply
             seen.setdefault(agent, set()).add(reply.text)
         for vote in broadcast:
-            key = ctx.roster.public_key(vote.agent)
+            key = bound(vote.agent)
             if vote.agent in seen and _valid(vote, task_id=task.id, agent=vote.agent, key=key):
                 seen[vote.agent].add(vote.text)
         flagged |= {agent for agent, texts in seen.items() if len(texts) > 1}

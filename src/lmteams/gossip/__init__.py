@@ -2,15 +2,19 @@
 
 Members probe each other over the bus (direct ping, ping-req through k others, suspicion,
 refutation by incarnation, confirmation), piggyback membership and map updates on those
-probes, and repair what dissemination missed by periodic full-state push-pull. Agents put
-their device, load and model in their map; ``lmteams status`` reads it back.
+probes, and repair what dissemination missed by periodic full-state push-pull. A process's
+agents are members whose maps are their facts (device, model, rates, load, key), and
+``GossipMembership`` is the one view of the team that its strategies, dispatch and
+``lmteams status`` read; keys are bound to names in the team's ``keys`` bucket.
 """
 
-from lmteams.gossip._agent import agent_meta, gossip_as_agent
 from lmteams.gossip._broadcast import BroadcastQueue
 from lmteams.gossip._config import SwimConfig
+from lmteams.gossip._facts import facts_meta, facts_of
 from lmteams.gossip._faults import pause_member
+from lmteams.gossip._keys import KeyBindings, fingerprint, open_key_bindings
 from lmteams.gossip._member import MemberEvent, SwimMember, open_member
+from lmteams.gossip._membership import GossipMembership, open_membership
 from lmteams.gossip._messages import (
     Ack,
     InboxMessage,
@@ -22,11 +26,19 @@ from lmteams.gossip._messages import (
     SyncState,
     Update,
 )
-from lmteams.gossip._observe import observe_members
+from lmteams.gossip._observe import observe_members, sync_once
 from lmteams.gossip._stats import GossipStatistics
 from lmteams.gossip._table import Change, ChangeKind, MembershipTable
 
 __all__ = (
+    # the team's view
+    "open_membership",
+    "GossipMembership",
+    "facts_meta",
+    "facts_of",
+    "KeyBindings",
+    "open_key_bindings",
+    "fingerprint",
     # members
     "open_member",
     "SwimMember",
@@ -34,8 +46,7 @@ __all__ = (
     "MemberEvent",
     "GossipStatistics",
     "observe_members",
-    "gossip_as_agent",
-    "agent_meta",
+    "sync_once",
     # fault injection (tests, benchmarks)
     "pause_member",
     # state
