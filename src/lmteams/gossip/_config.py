@@ -45,6 +45,13 @@ class SwimConfig(msgspec.Struct, frozen=True, kw_only=True):
     """Updates per protocol message at most: bytes per message stay bounded."""
     sync_every: int = 10
     """Anti-entropy: a full-state push-pull with a random member every this many periods."""
+    reconnect_every: int = 10
+    """A push-pull with a random member held dead, every this many periods on average.
+
+    Probes and anti-entropy go to live members only, so two halves of a team that were cut
+    apart (a route down) and see each other dead would never talk again once the cut is
+    repaired; a dead member that hears of its own death refutes it, and the halves merge.
+    Where the member is really gone the request meets no responder at once: cheap."""
     leave_fanout: int = 3
     """How many members a leaving member tells directly before it goes."""
 
@@ -56,10 +63,15 @@ class SwimConfig(msgspec.Struct, frozen=True, kw_only=True):
                 f"ping_timeout_s must be in (0, period_s={self.period_s}), "
                 f"got {self.ping_timeout_s}"
             )
-        if self.indirect_probes < 0 or self.max_piggyback < 1 or self.sync_every < 1:
+        if (
+            self.indirect_probes < 0
+            or self.max_piggyback < 1
+            or min(self.sync_every, self.reconnect_every) < 1
+        ):
             raise ConfigError(
-                "indirect_probes must be >= 0, max_piggyback and sync_every >= 1 "
-                f"(got {self.indirect_probes}, {self.max_piggyback}, {self.sync_every})"
+                "indirect_probes must be >= 0, max_piggyback, sync_every and reconnect_every "
+                f">= 1 (got {self.indirect_probes}, {self.max_piggyback}, {self.sync_every}, "
+                f"{self.reconnect_every})"
             )
         if self.suspicion_mult <= 0 or self.retransmit_mult < 1:
             raise ConfigError("suspicion_mult must be > 0 and retransmit_mult >= 1")

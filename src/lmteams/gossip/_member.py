@@ -250,7 +250,16 @@ class SwimMember:
             peer = self._random_peers(1)
             if peer:
                 self._spawn(self._sync, self.subjects.gossip_member(peer[0]), period)
+        if random.random() * self.config.reconnect_every < 1.0:
+            dead = [m for m in self._table.names() if self._held_dead(m)]
+            if dead:  # a healed partition merges back through these (see reconnect_every)
+                target = random.choice(dead)
+                self._spawn(self._sync, self.subjects.gossip_member(target), period)
         await self._probe_round()
+
+    def _held_dead(self, member: str) -> bool:
+        entry = self._table.get(member)
+        return member != self.id and entry is not None and entry.state is MemberState.DEAD
 
     def _spawn(self, fn: Callable[[*Ts], Coroutine[Any, Any, None]], *args: *Ts) -> None:
         if self._tg is not None:
