@@ -14,6 +14,7 @@ import typer
 from lmteams.bus import (
     ENV_NKEY_SEED,
     SECURITY_FILE,
+    Backoff,
     EmbeddedServer,
     LocalCluster,
     ServerConfig,
@@ -78,6 +79,7 @@ async def _provision(url: str, team: str, creds: Path | None, replicas: int) -> 
 
 _POLL_S = 0.5  # how often node processes are checked
 _MAX_RESTARTS = 5  # a node that dies this often is broken, not unlucky
+_RESTART_BACKOFF = Backoff(initial_s=_POLL_S, max_s=10.0)
 
 
 async def _serve(servers: Sequence[EmbeddedServer]) -> None:
@@ -106,20 +108,22 @@ async def _serve(servers: Sequence[EmbeddedServer]) -> None:
 
 
 async def _keep_alive(servers: Sequence[EmbeddedServer], stopping: anyio.Event) -> None:
-    deaths = [0] * len(servers)
+    """Restart nodes that die, each after the shared jittered backoff, up to a limit."""
+    restarts = [_RESTART_BACKOFF.counter() for _ in servers]
     while True:
         await anyio.sleep(_POLL_S)
-        for i, server in enumerate(servers):
+        for server, counter in zip(servers, restarts, strict=True):
             if server.running:
                 continue
-            await anyio.sleep(_POLL_S)  # a Ctrl-C reaches the nodes too: do not fight it
+            # at least one poll: a Ctrl-C reaches the nodes too, and must not be fought
+            with anyio.move_on_after(max(_POLL_S, counter.next_delay())):
+                await stopping.wait()
             if stopping.is_set():
                 return
-            deaths[i] += 1
             where = f"node {server.config.name} ({server.url})"
-            if deaths[i] > _MAX_RESTARTS:
+            if counter.attempt > _MAX_RESTARTS:
                 raise ServerStartError(
-                    f"{where} died {deaths[i]} times, giving up; last log lines:\n"
+                    f"{where} died {counter.attempt} times, giving up; last log lines:\n"
                     f"{server.log_tail(5)}"
                 )
             err.print(f"{where} died: restarting it (log: {server.log_path})", highlight=False)
