@@ -108,3 +108,25 @@ async def test_a_stale_leader_is_fenced_out(nats_server: EmbeddedServer) -> None
             await store.write("plan", b"late write by leader 1", token=5)
         assert await store.read("plan") == (9, b"from leader 2")
         await store.write("plan", b"leader 2 again", token=9)  # the same leader may go on
+
+
+async def test_a_restarted_leader_takes_its_lease_over_by_its_own_write(
+    nats_server: EmbeddedServer,
+) -> None:
+    """A leader that restarts before its lease expires (same name, new process) must not adopt
+    the dead lease: it would think itself leader while the key expires under it and another
+    candidate takes the role, two leaders at once. It renews the lease with a write of its own."""
+    async with anyio.create_task_group() as tg:
+        (first,) = await _candidates(nats_server, ["a"], tg)
+        await wait_until(lambda: first.election.is_leader, timeout=10)
+        dead_token = first.election.token
+        first.scope.cancel()  # killed: no resign, its lease is still live
+        others = await _candidates(nats_server, ["a", "b"], tg)  # "a" restarted, and "b"
+        a2, b = others
+        await wait_until(lambda: a2.election.is_leader, timeout=10)
+        assert a2.election.token > dead_token  # its own lease, not the dead one's revision
+        for _ in range(int(3 * TTL / 0.1)):  # well past the dead lease's expiry
+            assert len(_leaders(others)) <= 1, "two leaders at once"
+            await anyio.sleep(0.1)
+        assert _leaders(others) == ["a"] and b.election.leader == "a"
+        tg.cancel_scope.cancel()

@@ -58,6 +58,9 @@ from lmteams.bus._server import (
     run_server,
 )
 from lmteams.bus._subjects import (
+    JOB_REPORTS_CONSUMER,
+    JOB_REQUESTS_CONSUMER,
+    JOBS_BUCKET,
     KEYS_BUCKET,
     TASKS_CONSUMER,
     TEAM_BUCKETS,
@@ -73,6 +76,7 @@ from lmteams.bus._workqueue import (
     WorkQueue,
     WorkQueueSettings,
     last_message,
+    open_consumer,
     open_work_queue,
 )
 
@@ -118,6 +122,9 @@ __all__ = (
     "inbox_prefix",
     "is_reply_address",
     "KEYS_BUCKET",
+    "JOBS_BUCKET",
+    "JOB_REQUESTS_CONSUMER",
+    "JOB_REPORTS_CONSUMER",
     "TEAM_BUCKETS",
     "TASKS_CONSUMER",
     # jetstream
@@ -154,6 +161,7 @@ __all__ = (
     "Delivery",
     "open_work_queue",
     "last_message",
+    "open_consumer",
     # retries
     "Backoff",
     "BackoffCounter",

@@ -7,9 +7,10 @@ compare-and-set for claims and leases. The helpers are idempotent so every agent
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import msgspec
@@ -43,6 +44,7 @@ _STREAM_IN_USE = 10058
 _WRONG_LAST_SEQUENCE = (10071, 10164)
 _SUBJECT_FULL = 10077  # a discard-new-per-subject stream already holds this subject's message
 _H_EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
+_WATCH_INACTIVE_S = 5.0
 
 
 class StreamSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -132,7 +134,7 @@ async def ensure_stream(
 async def ensure_team_streams(
     bus: Bus, subjects: Subjects, settings: StreamSettings | None = None, *, update: bool = True
 ) -> None:
-    """The three streams of a team: tasks (work queue), results, dead letters.
+    """The streams of a team: tasks (work queue), results, dead letters, jobs, job results.
 
     ``update=False`` keeps streams that exist as they are (see ``ensure_stream``).
     """
@@ -180,6 +182,34 @@ async def ensure_team_streams(
             max_msgs=s.dead_max_msgs,
             max_bytes=s.dead_max_bytes,
             discard=api.DiscardPolicy.OLD,
+        ),
+    )
+    await ensure(
+        bus,
+        api.StreamConfig(
+            name=subjects.jobs_stream,
+            subjects=[subjects.job_requests, subjects.job_reports],
+            retention=api.RetentionPolicy.LIMITS,
+            storage=api.StorageType.FILE,
+            num_replicas=s.replicas,
+            duplicate_window=s.dedupe_window_s,
+            max_age=s.results_max_age_s,
+        ),
+    )
+    await ensure(
+        bus,
+        api.StreamConfig(
+            name=subjects.job_results_stream,
+            subjects=[f"{subjects.root}.jobs.result.>"],
+            retention=api.RetentionPolicy.LIMITS,
+            storage=api.StorageType.FILE,
+            num_replicas=s.replicas,
+            duplicate_window=s.dedupe_window_s,
+            max_msgs_per_subject=1,  # a job has one result: the first is kept
+            discard=api.DiscardPolicy.NEW,
+            discard_new_per_subject=True,
+            allow_direct=True,
+            max_age=s.results_max_age_s,
         ),
     )
     log.debug("bus.streams_ready", team=subjects.team, replicas=s.replicas)
@@ -268,6 +298,7 @@ class KVEntry(msgspec.Struct, frozen=True, kw_only=True):
     key: str
     value: bytes
     revision: int
+    deleted: bool = False  # only a watch reports deletions
 
 
 class KV:
@@ -336,6 +367,42 @@ class KV:
             if err.err_code in _WRONG_LAST_SEQUENCE:
                 raise RevisionMismatchError(f"{self.bucket}/{key} changed") from err
             raise
+
+    @contextlib.asynccontextmanager
+    async def watch(self, keys: str = ">") -> AsyncIterator[AsyncIterator[KVEntry | None]]:
+        """Every current value matching ``keys``, then ``None`` once, then each change.
+
+        A deleted or purged key arrives with an empty value and ``deleted`` set. The
+        watcher is an ordered consumer: it resumes by itself after a reconnect.
+        """
+        try:
+            # the server drops the watch's consumer this soon after it is stopped (nats-py's
+            # default keeps it 5 minutes, and nats-server caps consumers per stream)
+            watcher = await self._kv.watch(keys, inactive_threshold=_WATCH_INACTIVE_S)
+        except nats.errors.Error as err:
+            raise BusError(f"cannot watch {self.bucket}/{keys}: {err!r}") from err
+
+        async def entries() -> AsyncIterator[KVEntry | None]:
+            while True:
+                try:
+                    entry = await watcher.updates(timeout=3600.0)  # type: ignore[no-untyped-call]
+                except nats.errors.TimeoutError:
+                    continue
+                if entry is None:
+                    yield None
+                    continue
+                yield KVEntry(
+                    key=entry.key,
+                    value=entry.value or b"",
+                    revision=entry.revision or 0,
+                    deleted=entry.operation is not None,
+                )
+
+        try:
+            yield entries()
+        finally:
+            with contextlib.suppress(nats.errors.Error):
+                await watcher.stop()  # type: ignore[no-untyped-call]
 
     async def keys(self) -> list[str]:
         try:

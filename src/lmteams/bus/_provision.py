@@ -14,8 +14,14 @@ import structlog
 
 from lmteams.bus._connection import Bus, open_bus
 from lmteams.bus._jetstream import StreamSettings, ensure_team_streams, open_kv
-from lmteams.bus._subjects import KEYS_BUCKET, TEAM_BUCKETS, Subjects
-from lmteams.bus._workqueue import WorkQueueSettings, open_work_queue
+from lmteams.bus._subjects import (
+    JOB_REPORTS_CONSUMER,
+    JOB_REQUESTS_CONSUMER,
+    KEYS_BUCKET,
+    TEAM_BUCKETS,
+    Subjects,
+)
+from lmteams.bus._workqueue import WorkQueueSettings, open_consumer, open_work_queue
 
 __all__ = ("provision_team", "provision_team_at")
 
@@ -36,6 +42,11 @@ async def provision_team(
     settings = streams or StreamSettings()
     await ensure_team_streams(bus, subjects, settings, update=True)
     await (await open_work_queue(bus, subjects, queue)).close()
+    for durable, subject in (
+        (JOB_REQUESTS_CONSUMER, subjects.job_requests),
+        (JOB_REPORTS_CONSUMER, subjects.job_reports),
+    ):
+        await (await open_consumer(bus, subjects.jobs_stream, subject, durable=durable)).close()
     for name in TEAM_BUCKETS:
         # a key binding is written once: the server refuses any later write to a bound name
         once = name == KEYS_BUCKET

@@ -24,6 +24,9 @@ import msgspec
 import nkeys
 
 from lmteams.bus._subjects import (
+    JOB_REPORTS_CONSUMER,
+    JOB_REQUESTS_CONSUMER,
+    JOBS_BUCKET,
     KEYS_BUCKET,
     TASKS_CONSUMER,
     TEAM_BUCKETS,
@@ -144,9 +147,25 @@ def _stream_reads(stream: str) -> list[str]:
     ]
 
 
+def _kv_reads(stream: str) -> list[str]:
+    """Read and watch a bucket (``job status``, ``job list``, the live view); no writes."""
+    return [
+        *_stream_reads(stream),
+        f"$JS.API.CONSUMER.CREATE.{stream}",
+        f"$JS.API.CONSUMER.CREATE.{stream}.>",
+        f"$JS.API.CONSUMER.INFO.{stream}.>",
+    ]
+
+
 def _team_streams(subjects: Subjects) -> list[str]:
     """What ``ensure_team_streams`` needs to find the operator's streams: INFO, never CREATE."""
-    streams = (subjects.tasks_stream, subjects.results_stream, subjects.dead_stream)
+    streams = (
+        subjects.tasks_stream,
+        subjects.results_stream,
+        subjects.dead_stream,
+        subjects.jobs_stream,
+        subjects.job_results_stream,
+    )
     return ["$JS.API.INFO", *(f"$JS.API.STREAM.INFO.{s}" for s in streams)]
 
 
@@ -181,6 +200,26 @@ def _kv_buckets(subjects: Subjects, agent: str) -> list[str]:
     return allow
 
 
+def _jobs(subjects: Subjects) -> list[str]:
+    """An agent's part in jobs: take requests and reports from the shared consumers (which
+    the operator made), publish assignments, renewals, reports and results."""
+    stream = subjects.jobs_stream
+    allow = [
+        f"{subjects.root}.jobs.agent.*",
+        subjects.job_leases,
+        subjects.job_reports,
+        f"{subjects.root}.jobs.result.>",
+        *_stream_reads(subjects.job_results_stream),
+        f"$JS.ACK.{stream}.>",
+    ]
+    for durable in (JOB_REQUESTS_CONSUMER, JOB_REPORTS_CONSUMER):
+        allow += [
+            f"$JS.API.CONSUMER.INFO.{stream}.{durable}",
+            f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}",
+        ]
+    return allow
+
+
 def _own_inbox(identity: str) -> str:
     return f"{inbox_prefix(identity)}.>"
 
@@ -208,8 +247,9 @@ def agent_permissions(subjects: Subjects, agent: str, *, identity: str = "") -> 
                 *_stream_reads(subjects.results_stream),  # "already answered?" before work
                 *_work_queue(subjects),
                 *_kv_buckets(subjects, agent),
+                *_jobs(subjects),
             ],
-            "deny": [subjects.all(SubjectKind.CONTROL), *_DESTRUCTIVE],
+            "deny": [subjects.all(SubjectKind.CONTROL), subjects.job_requests, *_DESTRUCTIVE],
         },
         "subscribe": {
             "allow": [
@@ -218,6 +258,8 @@ def agent_permissions(subjects: Subjects, agent: str, *, identity: str = "") -> 
                 subjects.control(agent),
                 subjects.gossip_member(agent),
                 subjects.gossip_seed,
+                subjects.job_agent(agent),
+                subjects.job_leases,  # the coordinator's: any agent may hold the lease
                 subjects.all(SubjectKind.VOTE),
                 _own_inbox(identity or agent),
             ],
@@ -238,10 +280,13 @@ def client_permissions(subjects: Subjects, *, identity: str = "client") -> dict[
         "publish": {
             "allow": [
                 subjects.tasks,
+                subjects.job_requests,  # submit and cancel jobs
                 subjects.gossip_seed,  # `lmteams status` asks a member for its view
                 *_team_streams(subjects),
                 *_stream_reads(subjects.results_stream),
                 *_stream_reads(f"KV_{subjects.kv_bucket(KEYS_BUCKET)}"),
+                *_stream_reads(subjects.job_results_stream),
+                *_kv_reads(f"KV_{subjects.kv_bucket(JOBS_BUCKET)}"),
             ],
             "deny": [*_DESTRUCTIVE],
         },
@@ -249,6 +294,7 @@ def client_permissions(subjects: Subjects, *, identity: str = "client") -> dict[
             "allow": [
                 subjects.all(SubjectKind.RESULTS),
                 subjects.all(SubjectKind.PROGRESS),
+                f"{subjects.root}.jobs.result.>",
                 _own_inbox(identity),
             ],
         },

@@ -22,6 +22,9 @@ __all__ = (
     "is_reply_address",
     "TEAM_BUCKETS",
     "KEYS_BUCKET",
+    "JOBS_BUCKET",
+    "JOB_REQUESTS_CONSUMER",
+    "JOB_REPORTS_CONSUMER",
     "TASKS_CONSUMER",
 )
 
@@ -33,8 +36,17 @@ KEYS_BUCKET = "keys"
 """The KV bucket binding each member name to its public key (first binding wins); on a
 secured bus each agent may write only its own name in it."""
 
-TEAM_BUCKETS = ("leases", "state", "claims", KEYS_BUCKET)
-"""KV buckets agents read and write: election leases, fenced leader state, claims, keys."""
+JOBS_BUCKET = "jobs"
+"""The KV bucket holding every job's record and its subtasks' states (see ``lmteams.jobs``)."""
+
+TEAM_BUCKETS = ("leases", "state", "claims", KEYS_BUCKET, JOBS_BUCKET)
+"""KV buckets agents read and write: election leases, fenced leader state, claims, keys, jobs."""
+
+JOB_REQUESTS_CONSUMER = "admit"
+"""The durable consumer on the jobs stream from which agents take job requests in turn."""
+
+JOB_REPORTS_CONSUMER = "coordinator"
+"""The durable consumer on the jobs stream from which each coordinator in turn takes reports."""
 
 TASKS_CONSUMER = "workers"
 """The durable pull consumer on the tasks stream that every agent of a team shares."""
@@ -83,6 +95,7 @@ class SubjectKind(StrEnum):
     DEAD = "dead"
     VOTE = "vote"
     STUDY = "study"
+    JOBS = "jobs"
 
 
 class ParsedSubject(msgspec.Struct, frozen=True, kw_only=True):
@@ -148,6 +161,48 @@ class Subjects(msgspec.Struct, frozen=True):
     def study(self, run_id: str) -> str:
         """Where the agents of one decentralized study run tell each other about claims."""
         return f"{self.root}.study.{validate_token(run_id, 'study run id')}"
+
+    # --- jobs (lmteams.jobs): requests, reports and results live in the jobs stream --------
+    @property
+    def job_requests(self) -> str:
+        """Where anyone submits or cancels a job (stream-backed; the job id dedupes)."""
+        return f"{self.root}.jobs.request"
+
+    def job_agent(self, agent_id: str) -> str:
+        """An agent's job inbox: assignments and cancels from the coordinator (core NATS)."""
+        return f"{self.root}.jobs.agent.{validate_token(agent_id, 'agent id')}"
+
+    def job_lease(self, job_id: str) -> str:
+        """Where an agent working on a centralized job says it still is (lease renewals)."""
+        return f"{self.root}.jobs.lease.{validate_token(job_id, 'job id')}"
+
+    @property
+    def job_reports(self) -> str:
+        """Every job's reports (the coordinator's consumer filter)."""
+        return f"{self.root}.jobs.report.>"
+
+    @property
+    def job_leases(self) -> str:
+        """Every job's lease renewals (what the coordinator listens to)."""
+        return f"{self.root}.jobs.lease.>"
+
+    def job_report(self, job_id: str) -> str:
+        """Where an agent reports a finished attempt to the coordinator (stream-backed)."""
+        return f"{self.root}.jobs.report.{validate_token(job_id, 'job id')}"
+
+    def job_result(self, job_id: str) -> str:
+        """The job's one result, kept in the jobs stream."""
+        return f"{self.root}.jobs.result.{validate_token(job_id, 'job id')}"
+
+    @property
+    def jobs_stream(self) -> str:
+        """Job requests and attempt reports: what must outlive a coordinator."""
+        return f"LMT_{self.team}_JOBS"
+
+    @property
+    def job_results_stream(self) -> str:
+        """One result per job, the first kept (as task results are)."""
+        return f"LMT_{self.team}_JOBRESULTS"
 
     def dead(self, reason: str) -> str:
         return f"{self.root}.dead.{validate_token(reason, 'dead-letter reason')}"

@@ -21,7 +21,14 @@ from lmteams.bus._jetstream import _retrying
 from lmteams.bus._subjects import TASKS_CONSUMER, Subjects
 from lmteams.errors import BusError, ConfigError
 
-__all__ = ("Delivery", "WorkQueue", "WorkQueueSettings", "open_work_queue", "last_message")
+__all__ = (
+    "Delivery",
+    "WorkQueue",
+    "WorkQueueSettings",
+    "open_work_queue",
+    "open_consumer",
+    "last_message",
+)
 
 log = structlog.get_logger(__name__)
 
@@ -124,18 +131,15 @@ async def open_work_queue(
     s = settings or WorkQueueSettings()
     if s.max_deliveries < 1:
         raise ConfigError(f"max_deliveries must be at least 1, got {s.max_deliveries}")
-    config = api.ConsumerConfig(
-        durable_name=s.durable,
-        filter_subject=subjects.tasks,
-        ack_policy=api.AckPolicy.EXPLICIT,
-        ack_wait=s.ack_wait_s,
-        max_deliver=-1,  # the agents end poison tasks (max_deliveries), not JetStream
+    queue = await open_consumer(
+        bus,
+        subjects.tasks_stream,
+        subjects.tasks,
+        durable=s.durable,
+        ack_wait_s=s.ack_wait_s,
         max_ack_pending=s.max_ack_pending,
     )
-    sub = await bus.js.pull_subscribe(
-        subjects.tasks, durable=s.durable, stream=subjects.tasks_stream, config=config
-    )
-    info = await sub.consumer_info()
+    info = await queue._sub.consumer_info()  # type: ignore[attr-defined]
     bound = info.config.max_deliver or -1
     if 0 < bound <= s.max_deliveries:  # made by an older lmteams; we never change it here
         log.warning(
@@ -145,6 +149,30 @@ async def open_work_queue(
             max_deliveries=s.max_deliveries,
             fix="delete the consumer (nats consumer rm) and let `lmteams bus up` recreate it",
         )
+    return queue
+
+
+async def open_consumer(
+    bus: Bus,
+    stream: str,
+    subject: str,
+    *,
+    durable: str,
+    ack_wait_s: float = 30.0,
+    max_ack_pending: int = 1000,
+) -> WorkQueue:
+    """Bind to (creating if absent) a shared durable pull consumer: every binder takes turns,
+    and a message is redelivered until someone acks it (``max_deliver = -1``: the callers
+    end poison messages, not JetStream)."""
+    config = api.ConsumerConfig(
+        durable_name=durable,
+        filter_subject=subject,
+        ack_policy=api.AckPolicy.EXPLICIT,
+        ack_wait=ack_wait_s,
+        max_deliver=-1,
+        max_ack_pending=max_ack_pending,
+    )
+    sub = await bus.js.pull_subscribe(subject, durable=durable, stream=stream, config=config)
     return WorkQueue(sub)
 
 

@@ -102,9 +102,22 @@ class LeaderElection:
                 continue
             except RevisionMismatchError:
                 entry = await self._kv.get(self.role)
-                self._announce(
-                    _holder(entry.value) if entry else "", entry.revision if entry else 0
-                )
+                holder = _holder(entry.value) if entry else ""
+                if entry is not None and holder == self.candidate and entry.revision != self.token:
+                    # our name, but not our write: a predecessor of ours (this agent restarted
+                    # before its old lease ran out). Adopting that revision would make us
+                    # leader on a lease that expires before our first renewal, while another
+                    # candidate creates the key; so take it over by a write of our own.
+                    with contextlib.suppress(RevisionMismatchError, BusError):
+                        token = await self._kv.update(
+                            self.role, self.candidate.encode(), revision=entry.revision,
+                            ttl=self.ttl_s,
+                        )  # fmt: skip
+                        renewed_at = time.monotonic()
+                        self._announce(self.candidate, token)
+                        continue
+                    holder = ""  # someone else moved it first: retry from a fresh read
+                self._announce(holder, entry.revision if entry and holder else 0)
             except BusError as err:
                 log.warning("election.error", error=str(err))
             await anyio.sleep(self.ttl_s * random.uniform(0.2, 0.35))
