@@ -2,8 +2,10 @@
 
 The device runs a local NATS leaf node that connects out to the team's hub: local traffic
 stays local, team subjects cross the uplink, and the hub's JetStream (named by its domain)
-holds the team's queue. Your program keeps doing its own work on the same event loop while
-the agent serves the team; Ctrl-C drains the agent and leaves.
+holds the team's queue. The agent also takes subtasks of the team's centralized jobs (the
+coordinator's assignments cross the leaf like any team subject). Your program keeps doing
+its own work on the same event loop while the agent serves the team; Ctrl-C drains the
+agent and leaves.
 
 On the hub:    lmteams bus up --leaf-port 7422 --js-domain hub
 On the device: python examples/edge_agent.py --hub nats-leaf://HUB:7422 --name edge-1
@@ -20,7 +22,9 @@ import anyio
 
 from lmteams.agents import WorkerAgent, WorkerConfig, open_runtime
 from lmteams.bus import EmbeddedServer, leaf_node_config, open_bus
+from lmteams.gossip import open_membership
 from lmteams.hardware import BackendConfig
+from lmteams.jobs import JobServiceConfig, job_service
 from lmteams.logging import configure
 
 
@@ -36,7 +40,15 @@ async def main(args: argparse.Namespace) -> None:
     try:
         async with (
             open_bus(leaf.url, name=args.name, js_domain=args.hub_domain) as bus,
-            open_runtime(bus, args.team) as runtime,
+            # a SWIM member of the team, so the hub's coordinator can place job subtasks here
+            open_membership(bus, args.team) as view,
+            # centralized job subtasks only: a leaf connection reaches no KV bucket
+            open_runtime(
+                bus,
+                args.team,
+                membership=view,
+                worker_services=[job_service(JobServiceConfig(kv=False))],
+            ) as runtime,
         ):
             backend = BackendConfig(kind=args.backend, model=args.model, n_threads=args.threads)
             await runtime.spawn(

@@ -5,7 +5,7 @@ queue, answers them with its hardware backend, and publishes exactly one result 
 """
 
 from lmteams.agents._actor import Actor, handler
-from lmteams.agents._client import TeamClient, connect, resolve_url
+from lmteams.agents._client import ClientAuth, TeamClient, connect, open_team, resolve_url
 from lmteams.agents._daemon import (
     DaemonConfig,
     MembershipFactory,
@@ -58,6 +58,7 @@ from lmteams.agents._runtime import (
     IdentitySource,
     RestartPolicy,
     Runtime,
+    WorkerService,
     dead_letter,
     open_runtime,
 )
@@ -98,6 +99,7 @@ __all__ = (
     "ActorStatistics",
     "RestartPolicy",
     "Runtime",
+    "WorkerService",
     "open_runtime",
     "IdentitySource",
     "dead_letter",
@@ -115,7 +117,9 @@ __all__ = (
     "AgentProcessInfo",
     "open_supervisor",
     "TeamClient",
+    "ClientAuth",
     "connect",
+    "open_team",
     "resolve_url",
     "Dispatcher",
     "DispatcherConfig",

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Unpack
+from typing import TypedDict, TypeVar, Unpack
 
 import anyio
 
@@ -32,9 +33,13 @@ from lmteams.bus import (
 )
 from lmteams.errors import NotConnectedError, RequestTimeoutError
 
-__all__ = ("TeamClient", "connect", "resolve_url")
+__all__ = ("TeamClient", "ClientAuth", "connect", "open_team", "resolve_url")
+
+R = TypeVar("R")
+C = TypeVar("C", bound="TeamClient")
 
 _RESULTS: Codec[Result] = Codec(Result)
+_RECHECK_S = 2.0  # how often a waiting client reads the stored result
 _PROGRESS: Codec[Progress] = Codec(Progress)
 
 
@@ -100,12 +105,16 @@ class TeamClient:
 
     async def result(self, task_id: str) -> Result | None:
         """The stored result of a task, or None if it has none (yet)."""
-        stored = await last_message(
-            self.bus, self.subjects.results_stream, self.subjects.results(task_id)
+        return await self._stored(
+            self.subjects.results_stream, self.subjects.results(task_id), _RESULTS
         )
+
+    async def _stored(self, stream: str, subject: str, codec: Codec[R]) -> R | None:
+        """The last message kept for ``subject`` in ``stream``, decoded, or None."""
+        stored = await last_message(self.bus, stream, subject)
         if stored is None:
             return None
-        return self.bus.decode_raw(stored[0], stored[1], _RESULTS)
+        return self.bus.decode_raw(stored[0], stored[1], codec)
 
     @contextlib.asynccontextmanager
     async def watch_progress(
@@ -126,34 +135,86 @@ class TeamClient:
         finally:
             await sub.unsubscribe()
 
+    def _awaiting(
+        self, task_id: str
+    ) -> contextlib.AbstractAsyncContextManager[Callable[[float], Awaitable[Result]]]:
+        return self._awaiting_first(
+            self.subjects.results(task_id),
+            _RESULTS,
+            lambda: self.result(task_id),
+            f"task {task_id}",
+        )
+
     @contextlib.asynccontextmanager
-    async def _awaiting(self, task_id: str) -> AsyncIterator[Callable[[float], Awaitable[Result]]]:
-        """Subscribe before publishing so no result can slip past; first result wins."""
-        box: list[Result] = []
+    async def _awaiting_first(
+        self,
+        subject: str,
+        codec: Codec[R],
+        stored: Callable[[], Awaitable[R | None]],
+        what: str,
+    ) -> AsyncIterator[Callable[[float], Awaitable[R]]]:
+        """Subscribe before publishing so no result can slip past; first result wins.
+
+        ``stored`` reads a result kept in a stream: one published before the subscription.
+        """
+        box: list[R] = []
         arrived = anyio.Event()
 
-        async def on_result(inc: Incoming[Result]) -> None:
+        async def on_result(inc: Incoming[R]) -> None:
             if not box:
                 box.append(inc.body)
                 arrived.set()
 
-        sub = await self.bus.subscribe(self.subjects.results(task_id), on_result, codec=_RESULTS)
+        sub = await self.bus.subscribe(subject, on_result, codec=codec)
 
-        async def wait(timeout: float) -> Result:
+        async def wait(timeout: float) -> R:
             with anyio.move_on_after(timeout):
-                stored = await self.result(task_id)  # answered before we subscribed?
-                if stored is not None and not box:
-                    box.append(stored)
-                    arrived.set()
-                await arrived.wait()
+                while not box:
+                    # answered before we subscribed? or did core NATS (at most once) drop
+                    # the live copy? the stream is the record: look there now and then
+                    kept = await stored()
+                    if kept is not None and not box:
+                        box.append(kept)
+                        arrived.set()
+                    with anyio.move_on_after(_RECHECK_S):
+                        await arrived.wait()
             if not box:
-                raise RequestTimeoutError(f"no result for task {task_id} within {timeout:g}s")
+                raise RequestTimeoutError(f"no result for {what} within {timeout:g}s")
             return box[0]
 
         try:
             yield wait
         finally:
             await sub.unsubscribe()
+
+
+class ClientAuth(TypedDict, total=False):
+    """A client's credentials, as ``open_bus`` takes them."""
+
+    token: str | None
+    user: str | None
+    password: str | None
+    nkey_seed: str | None
+    creds: str | None
+    tls: ssl.SSLContext | None
+
+
+@contextlib.asynccontextmanager
+async def open_team(
+    client: Callable[[Bus, str], C],
+    url: str | None,
+    team: str,
+    *,
+    name: str = "client",
+    streams: StreamSettings | None = None,
+    **auth: Unpack[ClientAuth],
+) -> AsyncIterator[C]:
+    """``client(bus, team)`` over a connection to the team's bus (see ``resolve_url``), its
+    streams made sure of: what every kind of team client (tasks, jobs) connects through."""
+    async with open_bus(resolve_url(url, team), name=name, **auth) as bus:
+        made = client(bus, team)
+        await ensure_team_streams(bus, made.subjects, streams, update=False)
+        yield made
 
 
 @contextlib.asynccontextmanager
@@ -170,15 +231,16 @@ async def connect(
     creds: str | None = None,
 ) -> AsyncIterator[TeamClient]:
     """Connect to a team's bus (see ``resolve_url``) and make sure its streams exist."""
-    async with open_bus(
-        resolve_url(url, team),
+    async with open_team(
+        TeamClient,
+        url,
+        team,
         name=name,
+        streams=streams,
         token=token,
         user=user,
         password=password,
         nkey_seed=nkey_seed,
         creds=creds,
-    ) as bus:
-        client = TeamClient(bus, team)
-        await ensure_team_streams(bus, client.subjects, streams, update=False)
+    ) as client:
         yield client

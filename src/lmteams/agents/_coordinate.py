@@ -8,7 +8,7 @@ import msgspec
 
 from lmteams.agents._messages import Result, Task
 from lmteams.agents._results import result_of
-from lmteams.agents._strategy import StrategyContext, get_strategy, registered_strategies
+from lmteams.agents._strategy import get_strategy, registered_strategies
 from lmteams.bus import Delivery
 
 if TYPE_CHECKING:
@@ -29,17 +29,7 @@ async def coordinate(agent: WorkerAgent, task: Task, delivery: Delivery, started
             "`lmteams` command or import lmteams.consensus",
         )
         return result_of(task, ctx.actor_id, delivery, started, error=missing)
-    outcome = await strategy.run(
-        StrategyContext(
-            bus=ctx.bus,
-            subjects=ctx.subjects,
-            agent_id=ctx.actor_id,
-            membership=ctx.membership,
-            identity=agent.identity,
-            ask_timeout_s=agent.config.task_timeout_s,
-        ),
-        task,
-    )
+    outcome = await strategy.run(agent.strategy_context(), task)
     error = (outcome.error_kind, outcome.error)
     base = result_of(task, ctx.actor_id, delivery, started, error=error)
     return msgspec.structs.replace(

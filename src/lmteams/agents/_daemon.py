@@ -26,7 +26,7 @@ import structlog
 from lmteams.agents._identity import AgentIdentity, identity_from_file, stored_identity
 from lmteams.agents._membership import LocalMembership, Membership
 from lmteams.agents._messages import Cancel, Stop
-from lmteams.agents._runtime import ActorState, dead_letter, open_runtime
+from lmteams.agents._runtime import ActorState, WorkerService, dead_letter, open_runtime
 from lmteams.agents._state import state_dir
 from lmteams.agents._strategy import load_strategies
 from lmteams.agents._worker import WorkerAgent, WorkerConfig
@@ -79,11 +79,13 @@ async def run_daemon(
     *,
     services: Sequence[Service] = (),
     membership: MembershipFactory | None = None,
+    worker_services: Sequence[WorkerService] = (),
 ) -> int:
     """Serve until told to stop; return the process exit code.
 
     ``membership`` opens the team's view around the runtime (so the agent leaves before the
     view closes); without one the agent knows only itself (``LocalMembership``).
+    ``worker_services`` run inside the worker (team jobs, for ``lmteams agent start``).
     """
     validate_token(config.team, "team name")
     validate_token(config.name, "agent name")
@@ -92,7 +94,13 @@ async def run_daemon(
     async with (
         open_bus(config.nats_url, name=config.name, **config.auth.options()) as bus,
         _open_membership(membership, bus, config.team) as view,
-        open_runtime(bus, config.team, membership=view, identities=lambda _: identity) as runtime,
+        open_runtime(
+            bus,
+            config.team,
+            membership=view,
+            identities=lambda _: identity,
+            worker_services=worker_services,
+        ) as runtime,
     ):
         stop = anyio.Event()
 

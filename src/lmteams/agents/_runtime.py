@@ -12,9 +12,9 @@ import contextlib
 import re
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import msgspec
@@ -37,6 +37,9 @@ from lmteams.bus import (
     validate_token,
 )
 from lmteams.errors import ConfigError, DecodeError
+
+if TYPE_CHECKING:
+    from lmteams.agents._worker import WorkerAgent
 
 __all__ = (
     "ActorContext",
@@ -97,6 +100,8 @@ class ActorStatistics(msgspec.Struct, frozen=True, kw_only=True):
 
 
 IdentitySource = Callable[[str], AgentIdentity]
+WorkerService = Callable[["WorkerAgent"], Coroutine[Any, Any, None]]
+"""A duty a worker agent runs beside its task queue while it serves, given the agent."""
 """The signing identity of the actor with a given id; called once per actor, not per restart."""
 
 
@@ -125,6 +130,7 @@ class ActorContext:
         self.subjects = runtime.subjects
         self.team = runtime.subjects.team
         self.membership = runtime.membership
+        self.worker_services = runtime.worker_services
         self.log = log.bind(agent_id=actor_id, team=self.team)
 
     def ref(self, actor_id: str) -> ActorRef:
@@ -436,10 +442,12 @@ class Runtime:
         *,
         membership: Membership | None = None,
         identities: IdentitySource | None = None,
+        worker_services: Sequence[WorkerService] = (),
     ) -> None:
         self.bus = bus
         self.subjects = subjects
         self.membership: Membership = membership or LocalMembership()
+        self.worker_services: tuple[WorkerService, ...] = tuple(worker_services)
         self.identities: IdentitySource = identities or (lambda _actor_id: AgentIdentity())
         self._tg = tg
         self._cells: dict[str, _Cell] = {}
@@ -506,15 +514,25 @@ async def open_runtime(
     *,
     membership: Membership | None = None,
     identities: IdentitySource | None = None,
+    worker_services: Sequence[WorkerService] = (),
 ) -> AsyncIterator[Runtime]:
     """Host actors for the duration of the block; every actor is stopped gracefully on exit.
 
     ``membership`` is the team's view the actors read and publish to (a process that hosts
     the whole team needs none: :class:`LocalMembership`); ``identities`` gives each actor its
-    signing key (a fresh one per actor by default; the daemon passes its stored key).
+    signing key (a fresh one per actor by default; the daemon passes its stored key);
+    ``worker_services`` run inside every worker agent for as long as it serves (team jobs:
+    ``lmteams.jobs.job_service``), so a layer above can give workers new duties.
     """
     async with anyio.create_task_group() as tg:
-        runtime = Runtime(bus, Subjects(team), tg, membership=membership, identities=identities)
+        runtime = Runtime(
+            bus,
+            Subjects(team),
+            tg,
+            membership=membership,
+            identities=identities,
+            worker_services=worker_services,
+        )
         try:
             yield runtime
         finally:

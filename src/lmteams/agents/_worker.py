@@ -20,6 +20,7 @@ from lmteams.agents._identity import AgentIdentity
 from lmteams.agents._messages import Answer, Ping, Pong, Prompt
 from lmteams.agents._presence import Presence
 from lmteams.agents._prompts import DirectPrompts
+from lmteams.agents._strategy import StrategyContext
 from lmteams.agents._taskpath import TaskPath
 from lmteams.agents._tasks import MAX_PROMPT_BYTES
 from lmteams.bus import (
@@ -29,6 +30,7 @@ from lmteams.bus import (
     ensure_team_streams,
     open_work_queue,
 )
+from lmteams.errors import AgentError
 from lmteams.hardware import (
     Backend,
     BackendConfig,
@@ -36,6 +38,7 @@ from lmteams.hardware import (
     GenerateRequest,
     advertised_rates,
     open_backend,
+    prompt_fit,
 )
 
 __all__ = ("WorkerConfig", "WorkerAgent")
@@ -107,6 +110,8 @@ class WorkerAgent(Actor):
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._heartbeats)
             tg.start_soon(self._tasks.keep_claims)
+            for service in self.context.worker_services:
+                tg.start_soon(service, self)
             while not self._draining:
                 assert self._queue is not None
                 delivery = await self._queue.fetch(timeout=self.config.fetch_timeout_s)
@@ -143,6 +148,39 @@ class WorkerAgent(Actor):
     @handler
     async def on_ping(self, msg: Ping) -> Pong:
         return self._presence.pong()
+
+    # --- for worker services ---------------------------------------------------------------
+    @property
+    def draining(self) -> bool:
+        """True once the agent was told to stop: services finish what they hold, take nothing."""
+        return self._draining
+
+    def strategy_context(self) -> StrategyContext:
+        """What a strategy needs to run with this agent as its coordinator."""
+        ctx = self.context
+        return StrategyContext(
+            bus=ctx.bus,
+            subjects=ctx.subjects,
+            agent_id=ctx.actor_id,
+            membership=ctx.membership,
+            identity=self.identity,
+            ask_timeout_s=self.config.task_timeout_s,
+        )
+
+    async def complete(self, request: GenerateRequest) -> Completion:
+        """One model call on this agent's backend, fitted to its context, counted as in flight.
+
+        Raises ``AgentError`` for a prompt that cannot fit; backend errors propagate.
+        """
+        assert self.backend is not None
+        fit = await prompt_fit(self.backend, request)
+        if fit.problem:
+            raise AgentError(f"prompt refused: {fit.problem}")
+        self.in_flight += 1
+        try:
+            return await self._generate(msgspec.structs.replace(request, max_tokens=fit.max_tokens))
+        finally:
+            self.in_flight -= 1
 
     # --- hooks -----------------------------------------------------------------------------
     async def _signed(self, answer: Answer) -> Answer:

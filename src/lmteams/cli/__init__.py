@@ -10,6 +10,7 @@ from lmteams.cli._bus import bus_app
 from lmteams.cli._common import OneLineErrors, setup_logs
 from lmteams.cli._demo import demo
 from lmteams.cli._hardware import hardware_app, model_app
+from lmteams.cli._jobs import job_app
 from lmteams.cli._plan import plan_cmd
 from lmteams.cli._status import status
 from lmteams.cli._study import study_app
@@ -35,6 +36,7 @@ app.command("plan")(plan_cmd)
 app.add_typer(bus_app)
 app.add_typer(agent_app)
 app.add_typer(task_app)
+app.add_typer(job_app)
 app.add_typer(hardware_app)
 app.add_typer(model_app)
 app.add_typer(study_app)

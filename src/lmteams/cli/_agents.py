@@ -55,6 +55,7 @@ from lmteams.consensus import LeaderElection
 from lmteams.errors import ConfigError, LmteamsError
 from lmteams.gossip import open_membership
 from lmteams.hardware import BACKEND_KINDS, BackendConfig, ModelFile, resolve_model
+from lmteams.jobs import COORDINATOR_ROLE, JobServiceConfig, job_service
 
 __all__ = ("agent_app", "up", "down", "task_app")
 
@@ -165,11 +166,14 @@ def agent_start(
         ),
         auth=_auth(nkey_seed, user, creds, tls_ca),
     )
-    services = [_standing_for(team, role, lease_ttl) for role in elect or ()]
+    # the job service stands for the coordinator lease itself (its holder runs the jobs)
+    services = [_standing_for(team, r, lease_ttl) for r in elect or () if r != COORDINATOR_ROLE]
+    jobs = job_service(JobServiceConfig(lease_ttl_s=lease_ttl, replicas=replicas))
     code = run_async(
         lambda: run_daemon(
             config,
             services=services,
+            worker_services=[jobs],
             # the agent is a SWIM member of the team; its facts are its gossiped map
             membership=open_membership,
         )

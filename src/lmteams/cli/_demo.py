@@ -17,14 +17,15 @@ from lmteams.agents import (
     Result,
     Stage,
     SupervisorConfig,
-    connect,
     open_supervisor,
 )
 from lmteams.cli._common import check_backend, err, out, positive, run_async, runs_on, setup_logs
+from lmteams.cli._jobs import summarize, wait_showing
 from lmteams.gossip import open_membership
 from lmteams.hardware import BACKEND_KINDS, resolve_model
+from lmteams.jobs import JobClient, Subtask, TaskGraph, connect
 
-__all__ = ("demo", "QUESTIONS")
+__all__ = ("demo", "QUESTIONS", "DEMO_JOB")
 
 QUESTIONS = (
     "What is the capital of France? Answer in one sentence.",
@@ -35,6 +36,28 @@ QUESTIONS = (
     "What is frozen water called? Answer in one sentence.",
 )
 
+
+DEMO_JOB = TaskGraph(
+    name="three-words",
+    description="three answers in parallel, then one subtask that combines them",
+    final="sentence",
+    subtasks=(
+        Subtask(id="fruit", title="Name one fruit. Answer with one word.", max_tokens=8),
+        Subtask(id="colour", title="Name one colour. Answer with one word.", max_tokens=8),
+        Subtask(id="animal", title="Name one animal. Answer with one word.", max_tokens=8),
+        Subtask(
+            id="sentence",
+            title="Write one short sentence.",
+            deps=("fruit", "colour", "animal"),
+            max_tokens=48,
+            prompt=(
+                "Use these three words: {{ outputs['fruit'] | trim }}, "
+                "{{ outputs['colour'] | trim }} and {{ outputs['animal'] | trim }}."
+            ),
+        ),
+    ),
+)
+"""The demo's team job: its last prompt holds what the first three answered."""
 
 _STYLES: dict[str, str] = {Stage.DONE: "green", Stage.FAILED: "red", Stage.CLAIMED: "yellow"}
 
@@ -147,6 +170,7 @@ def demo(
                         live.update(board.table(ids))
                 out.print()
                 _report(board, ids)
+                await _team_job(team, agents, timeout)
                 out.print("stopping: agents drain and leave, then the bus stops")
 
     try:
@@ -154,6 +178,23 @@ def demo(
     except TimeoutError:
         err.print(f"[red]error:[/red] the demo did not finish within {timeout:g}s")
         raise typer.Exit(code=1) from None
+
+
+async def _team_job(team: JobClient, agents: int, timeout: float) -> None:
+    """One small job: the team answers three subtasks at once, then one agent combines them."""
+    out.rule("a team job")
+    out.print(
+        "Three subtasks run in parallel on the team; a fourth, whose prompt is rendered from "
+        "their outputs, combines them. The coordinator (the agent holding the team's lease) "
+        "assigns each subtask to the agent expected to finish it first.",
+        highlight=False,
+    )
+    job_id = await team.submit_job(DEMO_JOB, agents=agents)
+    result = await wait_showing(team, job_id, timeout)
+    summarize(result)
+    final = next((r for r in result.subtasks if r.id == DEMO_JOB.final), None)
+    if final is not None:
+        out.print(f"[bold]its prompt[/bold] ({final.agent}): {final.prompt}", highlight=False)
 
 
 def _report(board: _Board, ids: list[str]) -> None:

@@ -9,16 +9,8 @@ rounds, on simulated, paper-replayed or llama.cpp agents), their metrics, experi
 with plots and a report, and the team-size planner.
 """
 
-from lmteams.study._experiment import (
-    ExperimentConfig,
-    count_runs,
-    example_config,
-    load_experiment,
-    resolve_graph,
-    run_experiment,
-)
-from lmteams.study._graph import DEFAULT_WORK_TOKENS, Subtask, TaskGraph
-from lmteams.study._graphio import (
+from lmteams.jobs._graph import DEFAULT_WORK_TOKENS, Subtask, TaskGraph
+from lmteams.jobs._graphio import (
     SHIPPED_GRAPHS,
     chain_plus_free,
     dumps_toml,
@@ -29,6 +21,14 @@ from lmteams.study._graphio import (
     shipped_graph,
     shipped_graphs,
     write_shipped_graphs,
+)
+from lmteams.study._experiment import (
+    ExperimentConfig,
+    count_runs,
+    example_config,
+    load_experiment,
+    resolve_graph,
+    run_experiment,
 )
 from lmteams.study._latency import LatencyBackend
 from lmteams.study._metrics import AgentMetrics, BusTraffic, RunMetrics, bus_traffic
@@ -55,7 +55,14 @@ from lmteams.study._predict import (
     work_span_speedup,
 )
 from lmteams.study._report import write_report
-from lmteams.study._run import ARCHITECTURES, SCHEDULINGS, Architecture, Scheduling, run_team
+from lmteams.study._run import (
+    ARCHITECTURES,
+    SCHEDULINGS,
+    TEAM_ARCHITECTURES,
+    Architecture,
+    Scheduling,
+    run_team,
+)
 from lmteams.study._schedule import (
     DEFAULT_TOKENS_PER_S,
     AgentLoad,
@@ -146,6 +153,7 @@ __all__ = (
     "Architecture",
     "Scheduling",
     "ARCHITECTURES",
+    "TEAM_ARCHITECTURES",
     "SCHEDULINGS",
     "RunMetrics",
     "AgentMetrics",

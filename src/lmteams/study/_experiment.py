@@ -18,12 +18,12 @@ import structlog
 
 from lmteams.bus import open_bus, run_server
 from lmteams.errors import ConfigError, GraphError
-from lmteams.study._graph import TaskGraph
-from lmteams.study._graphio import SHIPPED_GRAPHS, load_graph, paper_graphs, shipped_graph
+from lmteams.jobs._graph import TaskGraph
+from lmteams.jobs._graphio import SHIPPED_GRAPHS, load_graph, paper_graphs, shipped_graph
 from lmteams.study._metrics import RunMetrics
 from lmteams.study._paper import paper_data_dir
 from lmteams.study._plan import predict_makespan
-from lmteams.study._run import ARCHITECTURES, SCHEDULINGS, run_team
+from lmteams.study._run import SCHEDULINGS, TEAM_ARCHITECTURES, run_team
 from lmteams.study._team import open_team
 
 __all__ = (
@@ -64,8 +64,8 @@ class ExperimentConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
         if any(n < 1 for n in self.team_sizes) or self.repetitions < 1:
             raise ConfigError("team sizes and repetitions must be >= 1")
         for arch in self.architectures:
-            if arch not in ARCHITECTURES:
-                raise ConfigError(f"architecture {arch!r}: use {', '.join(ARCHITECTURES)}")
+            if arch not in TEAM_ARCHITECTURES:
+                raise ConfigError(f"architecture {arch!r}: use {', '.join(TEAM_ARCHITECTURES)}")
         for sched in self.scheduling:
             if sched not in SCHEDULINGS:
                 raise ConfigError(f"scheduling {sched!r}: use {', '.join(SCHEDULINGS)}")

@@ -18,7 +18,7 @@ import anyio
 
 from lmteams.errors import BackendError, ConfigError
 from lmteams.hardware import Completion, GenerateRequest, Timings, estimate_tokens
-from lmteams.study._graph import DEFAULT_WORK_TOKENS
+from lmteams.jobs._graph import DEFAULT_WORK_TOKENS
 from lmteams.study._paper import LognormalFit
 
 __all__ = ("LatencyBackend",)

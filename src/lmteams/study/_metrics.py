@@ -1,4 +1,4 @@
-"""What one team run measured, and the bookkeeping every architecture shares to measure it.
+"""What one team run measured: a job's result and its model calls, as the study reports them.
 
 Times are reported in *modelled* seconds (wall seconds over the team's time scale), so a run
 of simulated agents at ``time_scale=0.01`` reads like the minutes it models and can be set
@@ -24,13 +24,12 @@ import anyio
 import msgspec
 import structlog
 
-from lmteams.agents import Answer, Prompt
-from lmteams.errors import LmteamsError
-from lmteams.study._graph import Subtask, TaskGraph
+from lmteams.jobs import JobResult, JobView
+from lmteams.jobs._graph import TaskGraph
 from lmteams.study._predict import amdahl_speedup, work_span_speedup
-from lmteams.study._team import StudyTeam, subtask_prompt
+from lmteams.study._team import ModelCall, StudyTeam
 
-__all__ = ("AgentMetrics", "BusTraffic", "RunMetrics", "bus_traffic")
+__all__ = ("AgentMetrics", "BusTraffic", "RunMetrics", "bus_traffic", "job_metrics")
 
 log = structlog.get_logger(__name__)
 
@@ -89,7 +88,7 @@ class RunMetrics(msgspec.Struct, frozen=True, kw_only=True):
     conflicts: int
     """Claims lost to another agent (decentralized only)."""
     duplicates: int
-    """Subtasks completed more than once."""
+    """Extra completed copies of a subtask (backups that finished too; only one commits)."""
     tokens_in: int
     tokens_out: int
     messages: int
@@ -102,6 +101,19 @@ class RunMetrics(msgspec.Struct, frozen=True, kw_only=True):
     replayed_s: float
     """Modelled seconds of the same calls with no overhead (see the module docstring)."""
     agents: tuple[AgentMetrics, ...]
+    backups: int = 0
+    """Backup copies of stragglers the job ran (speculative execution)."""
+    backup_extra_s: float = 0.0
+    """Modelled seconds of copies that did not commit."""
+    releases: int = 0
+    """Claims whose lease lapsed and were released."""
+    claims: int = 0
+    """Claims an agent made itself and won (decentralized)."""
+    work_s: float = 0.0
+    """Modelled seconds of the committed attempts, end to end: the job's serial work."""
+    bound_fraction: float = 0.0
+    """The job's speedup (work over makespan) over its work/span bound ``min(n, W/S)``, both
+    measured by the engine on the committed attempts."""
     speedup: float | None = None
     """Over the same cell's one-agent run, when the sweep had one."""
     efficiency: float | None = None
@@ -144,7 +156,7 @@ class Call(NamedTuple):
 def replay(graph: TaskGraph, calls: Sequence[Call]) -> float:
     """Modelled makespan of ``calls`` with no overhead: rounds end with their slowest call;
     otherwise a call starts once its agent is free, its task's dependencies are done and
-    the task's failed attempt before it has ended."""
+    the task's failed attempt before it has ended; a task is done when its first copy ends."""
     rounds: dict[int, float] = {}
     free: dict[int, float] = {}
     finished: dict[str, float] = {}
@@ -162,124 +174,124 @@ def replay(graph: TaskGraph, calls: Sequence[Call]) -> float:
         )
         stop = free[call.agent] = start + call.modelled_s
         if call.ok:
-            finished.setdefault(call.task, stop)
+            finished[call.task] = min(stop, finished.get(call.task, stop))
         else:
             failed[call.task] = stop
         end = max(end, stop)
     return end + sum(rounds.values())
 
 
-class Recorder:
-    """Runs subtasks on agents as ``Prompt`` requests and keeps the books of one run."""
+def _barrier_rounds(calls: Sequence[ModelCall]) -> list[int]:
+    """Round numbers (from 1) of calls in start order: with a barrier, a round's calls all
+    start after the previous round's have all ended, so the wall clock separates them."""
+    numbers: list[int] = []
+    round_no, round_end = 0, float("-inf")
+    for call in calls:
+        if call.started >= round_end:
+            round_no, round_end = round_no + 1, call.ended
+        else:
+            round_end = max(round_end, call.ended)
+        numbers.append(round_no)
+    return numbers
 
-    def __init__(
-        self, team: StudyTeam, graph: TaskGraph, n_agents: int, run_id: str, timeout_s: float
-    ) -> None:
-        self.team = team
-        self.graph = graph
-        self.n = n_agents
-        self.run_id = run_id
-        self.timeout_s = timeout_s
-        self.members = team.members[:n_agents]
-        self.busy = [0.0] * n_agents
-        self.tasks = [0] * n_agents
-        self.failures = [0] * n_agents
-        self.tokens_out = [0] * n_agents
-        self.lost_claims = [0] * n_agents
-        self.tokens_in = 0
-        self.completed: Counter[str] = Counter()
-        self.executions = 0
-        self.retries = 0
-        self.rounds = 0
-        self.calls: dict[int, Call] = {}  # by start order
-        self.started = 0.0
-        self.finished = 0.0
 
-    def start_clock(self) -> None:
-        self.started = anyio.current_time()
+def _task_calls(
+    graph: TaskGraph, result: JobResult, calls: Sequence[ModelCall], agents: dict[str, int]
+) -> list[Call]:
+    """The run's subtask calls as replay wants them (calls that answered no subtask, such
+    as a model choosing what to claim, are coordination, not work)."""
+    by_prompt: dict[str, list[str]] = {}
+    for record in result.subtasks:
+        if record.prompt:
+            by_prompt.setdefault(record.prompt, []).append(record.id)
+    work = sorted((c for c in calls if c.prompt in by_prompt), key=lambda c: c.started)
+    rounds = _barrier_rounds(work) if result.scheduling == "rounds" else [0] * len(work)
+    answered: Counter[str] = Counter()
+    out = []
+    for call, round_no in zip(work, rounds, strict=True):
+        ids = by_prompt[call.prompt]
+        task = next((i for i in ids if not answered[i]), ids[0])
+        answered[task] += call.ok
+        out.append(Call(agents.get(call.agent, -1), task, round_no, call.modelled_s, call.ok))
+    return out
 
-    async def execute(self, agent: int, task: Subtask) -> bool:
-        """Ask agent ``agent`` to do ``task``; False when it failed (the caller retries)."""
-        member = self.members[agent]
-        self.executions += 1
-        number, round_ = self.executions, self.rounds
-        prompt = Prompt(
-            task_id=f"{self.run_id}-{task.id}-{number}",
-            prompt=subtask_prompt(task),
-            max_tokens=task.work_tokens,
+
+def job_metrics(
+    team: StudyTeam,
+    graph: TaskGraph,
+    n_agents: int,
+    *,
+    result: JobResult,
+    view: JobView | None,
+    calls: Sequence[ModelCall],
+    architecture: str,
+    scheduling: str,
+    traffic: BusTraffic,
+    seed: int,
+) -> RunMetrics:
+    """The study's measures of one job: its figures in modelled seconds, per agent, replayed.
+
+    ``view`` (the ended job on the board) gives each agent's tokens and lost claims; without
+    one they read 0, the job's totals do not depend on it."""
+    figures = result.figures
+    assert figures is not None, "a finished job has figures"
+    scale = team.time_scale
+    members = team.members[:n_agents]
+    index = {m.agent_id: i for i, m in enumerate(members)}
+    makespan = figures.makespan_s / scale
+    tallies = view.tallies if view is not None else {}
+    replayed = _task_calls(graph, result, calls, index)
+    committed = Counter(r.agent for r in result.subtasks if r.status == "done")
+    failures = Counter(c.agent for c in calls if not c.ok and not c.cancelled)
+    completed = Counter(c.task for c in replayed if c.ok)
+    agents = tuple(
+        AgentMetrics(
+            agent=m.agent_id,
+            device=m.device,
+            tasks=committed[m.agent_id],
+            failures=failures[m.agent_id],
+            busy_s=(busy := figures.busy_s.get(m.agent_id, 0.0) / scale),
+            idle_s=max(0.0, makespan - busy),
+            tokens_out=tally.tokens_out if (tally := tallies.get(m.agent_id)) else 0,
+            lost_claims=tally.conflicts if tally else 0,
         )
-        begin = anyio.current_time()
-        try:
-            answer = await self.team.runtime.ref(member.agent_id).ask(
-                prompt, expect=Answer, timeout=self.timeout_s
-            )
-        except (LmteamsError, TimeoutError) as exc:
-            # A failure reports no timings; charge it the call's expected length.
-            expected = task.work_tokens / member.tokens_per_s
-            self.calls[number] = Call(agent, task.id, round_, expected, ok=False)
-            self.failures[agent] += 1
-            self.retries += 1
-            log.info("study.task.failed", agent=member.agent_id, task=task.id, error=str(exc))
-            return False
-        finally:
-            self.busy[agent] += anyio.current_time() - begin
-        modelled = answer.prompt_s + answer.generation_s
-        self.calls[number] = Call(agent, task.id, round_, modelled, ok=True)
-        self.tasks[agent] += 1
-        self.tokens_out[agent] += answer.tokens_out
-        self.tokens_in += answer.tokens_in
-        self.completed[task.id] += 1
-        self.finished = anyio.current_time()
-        return True
-
-    def metrics(
-        self, *, architecture: str, scheduling: str, traffic: BusTraffic, seed: int
-    ) -> RunMetrics:
-        scale = self.team.time_scale
-        wall = max(self.finished - self.started, 1e-9)
-        makespan = wall / scale
-        agents = tuple(
-            AgentMetrics(
-                agent=m.agent_id,
-                device=m.device,
-                tasks=self.tasks[i],
-                failures=self.failures[i],
-                busy_s=self.busy[i] / scale,
-                idle_s=max(0.0, makespan - self.busy[i] / scale),
-                tokens_out=self.tokens_out[i],
-                lost_claims=self.lost_claims[i],
-            )
-            for i, m in enumerate(self.members)
-        )
-        idle = sum(a.idle_s for a in agents) / self.n
-        p = self.graph.parallel_fraction
-        return RunMetrics(
-            graph=self.graph.name,
-            p=p,
-            n_agents=self.n,
-            architecture=architecture,
-            scheduling=scheduling,
-            devices=tuple(m.device for m in self.members),
-            straggler_rate=self.team.straggler_rate,
-            crash_rate=self.team.crash_rate,
-            seed=seed,
-            time_scale=scale,
-            makespan_s=makespan,
-            wall_s=wall,
-            rounds=self.rounds,
-            tasks=len(self.graph.subtasks),
-            executions=self.executions,
-            retries=self.retries,
-            conflicts=sum(self.lost_claims),
-            duplicates=sum(c - 1 for c in self.completed.values() if c > 1),
-            tokens_in=self.tokens_in,
-            tokens_out=sum(self.tokens_out),
-            messages=traffic.in_msgs,
-            bytes=traffic.in_bytes,
-            amdahl=amdahl_speedup(p, self.n),
-            work_span=work_span_speedup(self.graph, self.n),
-            idle_s=idle,
-            idle_fraction=idle / makespan,
-            replayed_s=replay(self.graph, [self.calls[k] for k in sorted(self.calls)]),
-            agents=agents,
-        )
+        for m in members
+    )
+    idle = sum(a.idle_s for a in agents) / n_agents
+    p = graph.parallel_fraction
+    return RunMetrics(
+        graph=graph.name,
+        p=p,
+        n_agents=n_agents,
+        architecture=architecture,
+        scheduling=scheduling,
+        devices=tuple(m.device for m in members),
+        straggler_rate=team.straggler_rate,
+        crash_rate=team.crash_rate,
+        seed=seed,
+        time_scale=scale,
+        makespan_s=makespan,
+        wall_s=figures.makespan_s,
+        rounds=figures.rounds,
+        tasks=len(graph.subtasks),
+        executions=len(replayed),
+        retries=sum(failures.values()),
+        conflicts=figures.conflicts,
+        duplicates=sum(c - 1 for c in completed.values() if c > 1),
+        tokens_in=figures.tokens_in,
+        tokens_out=figures.tokens_out,
+        messages=traffic.in_msgs,
+        bytes=traffic.in_bytes,
+        amdahl=amdahl_speedup(p, n_agents),
+        work_span=work_span_speedup(graph, n_agents),
+        idle_s=idle,
+        idle_fraction=idle / makespan if makespan > 0 else 0.0,
+        replayed_s=replay(graph, replayed),
+        agents=agents,
+        backups=figures.backups,
+        backup_extra_s=figures.backup_extra_s / scale,
+        releases=figures.releases,
+        claims=figures.claims,
+        work_s=figures.work_s / scale,
+        bound_fraction=figures.bound_fraction,
+    )

@@ -36,8 +36,8 @@ import msgspec
 import structlog
 
 from lmteams.errors import ConfigError
-from lmteams.study._graph import TaskGraph
-from lmteams.study._graphio import paper_graphs
+from lmteams.jobs._graph import TaskGraph
+from lmteams.jobs._graphio import paper_graphs
 
 __all__ = (
     "PAPER_DATA_ENV",

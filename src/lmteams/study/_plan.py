@@ -20,8 +20,8 @@ from collections.abc import Sequence
 import msgspec
 
 from lmteams.errors import ConfigError
-from lmteams.study._graph import TaskGraph
-from lmteams.study._graphio import chain_plus_free
+from lmteams.jobs._graph import TaskGraph
+from lmteams.jobs._graphio import chain_plus_free
 from lmteams.study._predict import amdahl_speedup, makespan_lower_bound
 from lmteams.study._run import ARCHITECTURES, SCHEDULINGS, run_team
 from lmteams.study._schedule import simulate_schedule

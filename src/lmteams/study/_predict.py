@@ -20,7 +20,7 @@ from fractions import Fraction
 import msgspec
 
 from lmteams.errors import ConfigError
-from lmteams.study._graph import TaskGraph
+from lmteams.jobs._graph import TaskGraph
 from lmteams.study._schedule import (
     DEFAULT_TOKENS_PER_S,
     Policy,

@@ -1,25 +1,36 @@
-"""One team run on the bus: pick the architecture, time it, read the bus counters.
+"""One team run: the graph submitted as a job to the study team, measured from its result.
 
-This is the seam between the sweep (many runs) and the architectures (how one run is
-coordinated): it gives each run a fresh id, so claims, notes and prompts of different runs
-never mix even when the same agents serve a whole sweep.
+This is the seam between the sweep (many runs) and the job engine (how one run is
+coordinated): a study run is a job like any user's, on the production path, with a fresh id,
+so the claims, reports and prompts of different runs never mix even when the same agents
+serve a whole sweep. The study's architecture names map onto the engine's:
+``centralized-greedy`` is a centralized job (the coordinator places ready subtasks by
+expected finish), ``decentralized`` a decentralized one (agents claim by compare-and-set).
+``centralized-preassigned``, the paper's pre-assignment, exists only in the simulator
+(:mod:`lmteams.study._schedule`): the planner can weigh it, a team does not run it.
 """
 
 from __future__ import annotations
 
-import uuid
 from typing import Final, Literal, get_args
 
+import anyio
 import structlog
 
-from lmteams.errors import ConfigError
-from lmteams.study._central import run_centralized
-from lmteams.study._decentral import run_decentralized
-from lmteams.study._graph import TaskGraph
-from lmteams.study._metrics import Recorder, RunMetrics, bus_traffic
+from lmteams.errors import ConfigError, TaskFailedError
+from lmteams.jobs import JobClient, JobStatus, JobView
+from lmteams.jobs._graph import TaskGraph
+from lmteams.study._metrics import RunMetrics, bus_traffic, job_metrics
 from lmteams.study._team import StudyTeam
 
-__all__ = ("ARCHITECTURES", "SCHEDULINGS", "Architecture", "Scheduling", "run_team")
+__all__ = (
+    "ARCHITECTURES",
+    "SCHEDULINGS",
+    "TEAM_ARCHITECTURES",
+    "Architecture",
+    "Scheduling",
+    "run_team",
+)
 
 log = structlog.get_logger(__name__)
 
@@ -32,7 +43,26 @@ Scheduling = Literal["async", "rounds"]
 synchronous rounds, with a barrier after each."""
 
 ARCHITECTURES: Final = get_args(Architecture)
+"""What the planner's simulator models."""
+TEAM_ARCHITECTURES: Final = ("centralized-greedy", "decentralized")
+"""What a team runs, as jobs."""
 SCHEDULINGS: Final = get_args(Scheduling)
+
+_VIEW_TRIES: Final = 5
+_JOB_ARCHITECTURE: Final = {"centralized-greedy": "centralized", "decentralized": "decentralized"}
+
+
+async def _final_view(client: JobClient, job_id: str) -> JobView | None:
+    """The ended job as the board holds it (its tallies), or None if no read assembles one:
+    a view is read entry by entry and may come back incomplete, so it is tried a few times."""
+    for _ in range(_VIEW_TRIES):
+        with anyio.fail_after(30):
+            view = await client.job(job_id)
+        if view is not None:
+            return view
+        await anyio.sleep(0.2)
+    log.warning("study.run.no_view", job_id=job_id)
+    return None
 
 
 async def run_team(
@@ -45,32 +75,57 @@ async def run_team(
     monitor_url: str | None = None,
     task_timeout_s: float = 120.0,
     seed: int = 0,
+    backups: bool = False,
+    lease_s: float = 3.0,
 ) -> RunMetrics:
-    """Run ``graph`` on the first ``n_agents`` agents of ``team`` and measure it.
+    """Run ``graph`` as a job on the first ``n_agents`` agents of ``team`` and measure it.
 
     ``monitor_url`` (``http://host:monitor_port`` of the nats-server) adds the messages and
-    bytes the run put on the bus; without it they read 0.
+    bytes the run put on the bus; without it they read 0. ``backups`` lets idle agents run
+    copies of stragglers (off by default: the paper's architectures had none).
+    ``task_timeout_s`` bounds one subtask; the job as a whole gets that per subtask.
+    ``lease_s`` (wall seconds) is short so that a claim whose agent declined it (it was busy)
+    comes back soon; its holder renews it every third of it while it works.
     """
-    if architecture not in ARCHITECTURES:
+    if architecture not in TEAM_ARCHITECTURES:
+        why = " (the planner's model only)" if architecture in ARCHITECTURES else ""
         raise ConfigError(
-            f"architecture must be one of {', '.join(ARCHITECTURES)}, got {architecture!r}"
+            f"architecture must be one of {', '.join(TEAM_ARCHITECTURES)}, "
+            f"got {architecture!r}{why}"
         )
     if scheduling not in SCHEDULINGS:
         raise ConfigError(f"scheduling must be one of {', '.join(SCHEDULINGS)}, got {scheduling!r}")
     if not 1 <= n_agents <= len(team.members):
         raise ConfigError(f"n_agents must be in 1..{len(team.members)} (the team's size)")
-    run_id = uuid.uuid4().hex[:10]
-    rec = Recorder(team, graph, n_agents, run_id, task_timeout_s)
-    barrier = scheduling == "rounds"
+    job_timeout = task_timeout_s * max(1, len(graph.subtasks))
+    client = JobClient(team.bus, team.team)
+    first_call = len(team.calls)
     before = await bus_traffic(monitor_url)
-    if architecture == "decentralized":
-        await run_decentralized(rec, barrier=barrier)
-    else:
-        preassigned = architecture == "centralized-preassigned"
-        await run_centralized(rec, "preassigned" if preassigned else "greedy", barrier=barrier)
+    result = await client.run_job(
+        graph,
+        timeout=job_timeout + 30.0,
+        architecture=_JOB_ARCHITECTURE[architecture],  # type: ignore[arg-type]
+        scheduling=scheduling,  # type: ignore[arg-type]
+        agents=n_agents,
+        backups=backups,
+        lease_s=lease_s,
+        timeout_s=job_timeout,
+    )
     traffic = (await bus_traffic(monitor_url)) - before
-    metrics = rec.metrics(
-        architecture=architecture, scheduling=scheduling, traffic=traffic, seed=seed
+    if result.status is not JobStatus.DONE:
+        raise TaskFailedError(f"job on {graph.name} ended {result.status}: {result.error}")
+    view = await _final_view(client, result.job_id)
+    metrics = job_metrics(
+        team,
+        graph,
+        n_agents,
+        result=result,
+        view=view,
+        calls=team.calls[first_call:],
+        architecture=architecture,
+        scheduling=scheduling,
+        traffic=traffic,
+        seed=seed,
     )
     log.info(
         "study.run.done",
@@ -78,6 +133,7 @@ async def run_team(
         n=n_agents,
         architecture=architecture,
         scheduling=scheduling,
+        job_id=result.job_id,
         makespan_s=round(metrics.makespan_s, 3),
         conflicts=metrics.conflicts,
     )

@@ -17,7 +17,7 @@ from typing import Final, Literal, get_args
 import msgspec
 
 from lmteams.errors import ConfigError
-from lmteams.study._graph import TaskGraph
+from lmteams.jobs._graph import TaskGraph
 
 __all__ = (
     "DEFAULT_TOKENS_PER_S",

@@ -1,10 +1,12 @@
 """A study team: worker agents on the bus, each on a simulated, paper-replayed or real device.
 
 Team runs go through the production path: every agent is a
-:class:`~lmteams.agents.WorkerAgent` in an actor runtime, answering ``Prompt`` requests on its
-bus inbox with its backend. The study only chooses the backend (through the worker's
-``open_backend`` hook) and keeps what a planner needs to know about each device: the rate
-at which it is expected to get through a subtask, in modelled seconds.
+:class:`~lmteams.agents.WorkerAgent` in an actor runtime running the job service, so a run
+is a job the team works like any user's. The study only chooses the backend (through the
+worker's ``open_backend`` hook), announces the rate a planner assumes for each device (so the
+coordinator places subtasks by the same rates the simulator does), and keeps a log of every
+model call with its *modelled* duration, from which a run's overhead-free makespan is
+replayed (see :mod:`lmteams.study._metrics`).
 
 Device specs are strings so configs and the CLI can name them:
 ``cpu-x86`` (any name in ``DEVICE_CLASSES``), ``steady`` (a fault-free, jitter-free device
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,23 +28,28 @@ import anyio
 import msgspec
 
 from lmteams.agents import Runtime, WorkerAgent, WorkerConfig, open_runtime
-from lmteams.bus import Bus
+from lmteams.bus import Bus, Subjects, ensure_team_streams
 from lmteams.errors import ConfigError
 from lmteams.hardware import (
     DEVICE_CLASSES,
     Backend,
     BackendConfig,
+    Completion,
     DeviceClass,
+    GenerateRequest,
     SimulatedBackend,
     estimate_tokens,
     open_backend,
 )
-from lmteams.study._graph import DEFAULT_WORK_TOKENS, Subtask, TaskGraph
+from lmteams.jobs import job_service
+from lmteams.jobs._graph import DEFAULT_WORK_TOKENS, Subtask, TaskGraph
+from lmteams.jobs._template import render_prompt
 from lmteams.study._latency import LatencyBackend
 from lmteams.study._paper import LatencySamples, PaperData, fit_lognormal, paper_data_dir
 
 __all__ = (
     "STEADY_TOKENS_PER_S",
+    "ModelCall",
     "StudyTeam",
     "TeamMember",
     "device_rate",
@@ -54,6 +62,22 @@ STEADY_TOKENS_PER_S = 100.0
 ``max_tokens / rate``: no jitter, no drawn reply length, so runs can be compared exactly."""
 
 _ALL_MODELS = ""
+
+
+_JOIN_TIMEOUT_S = 60.0
+
+
+class ModelCall(msgspec.Struct, frozen=True, kw_only=True):
+    """One model call an agent made, as its backend reported it."""
+
+    agent: str
+    prompt: str
+    started: float  # wall clock
+    ended: float
+    modelled_s: float
+    """The call's own duration in modelled seconds (for a failure: its wall time, rescaled)."""
+    ok: bool
+    cancelled: bool = False
 
 
 class TeamMember(msgspec.Struct, frozen=True, kw_only=True):
@@ -78,6 +102,8 @@ class StudyTeam:
     crash_rate: float = 0.0
     paper_data: Path | None = None
     backends: dict[str, Backend] = field(default_factory=dict)
+    calls: list[ModelCall] = field(default_factory=list)
+    """Every model call of every agent, in the order they ended."""
 
     def retune(self, graph: TaskGraph) -> None:
         """Recompute the members' rates for ``graph`` (prompt lengths differ per graph)."""
@@ -96,9 +122,9 @@ class StudyTeam:
         ]
 
 
-def subtask_prompt(subtask: Subtask) -> str:
-    """What an agent is asked: the subtask's title, then its description if it has one."""
-    return f"{subtask.title}\n{subtask.prompt}".strip()
+def subtask_prompt(graph: TaskGraph, subtask: Subtask) -> str:
+    """What an agent is asked before any dependency has an output: the job's own rendering."""
+    return render_prompt(graph, subtask, {})
 
 
 def _sim_class(spec: str) -> DeviceClass | None:
@@ -150,14 +176,13 @@ def device_rate(
     kind, arg = _check_spec(spec)
     slow = 1.0 + straggler_rate * (straggler_factor - 1.0)
     cls = _sim_class(spec)
-    tasks = graph.subtasks if graph is not None else ()
     if cls is not None:
-        if not tasks:
+        if graph is None:
             return cls.generation_tokens_per_s / slow
         work = seconds = 0.0
-        for s in tasks:
+        for s in graph.subtasks:
             out = (max(1, s.work_tokens // 2) + s.work_tokens) / 2
-            tokens_in = estimate_tokens(subtask_prompt(s))
+            tokens_in = estimate_tokens(subtask_prompt(graph, s))
             seconds += tokens_in / cls.prompt_tokens_per_s + out / cls.generation_tokens_per_s
             work += s.work_tokens
         return work / (seconds * slow)
@@ -241,25 +266,68 @@ def _backend_factory(
 
 
 class _StudyWorker(WorkerAgent):
-    """A production worker whose backend the study picks."""
+    """A production worker whose backend the study picks, and whose calls it logs."""
 
     def __init__(
         self,
         factory: Callable[[], contextlib.AbstractAsyncContextManager[Backend]],
-        backends: dict[str, Backend],
+        study: StudyTeam,
+        wall_tokens_per_s: float,
     ) -> None:
         super().__init__(WorkerConfig(heartbeat_s=2.0, fetch_timeout_s=2.0))
         self._factory = factory
-        self._backends = backends
+        self._study = study
+        self._rate = wall_tokens_per_s
 
     def open_backend(self) -> contextlib.AbstractAsyncContextManager[Backend]:
         return self._track()
 
+    async def on_start(self) -> None:
+        await super().on_start()
+        # the planner's rate, on the wall clock: the coordinator places by what the simulator
+        # assumes, so a run and its prediction differ only by what the model leaves out
+        self.tokens_per_s, self.prompt_tokens_per_s = self._rate, 0.0
+
+    async def _generate(self, request: GenerateRequest) -> Completion:
+        started = time.time()
+
+        def log(modelled_s: float, *, ok: bool, cancelled: bool = False) -> None:
+            self._study.calls.append(
+                ModelCall(
+                    agent=self.context.actor_id,
+                    prompt=request.prompt,
+                    started=started,
+                    ended=time.time(),
+                    modelled_s=modelled_s,
+                    ok=ok,
+                    cancelled=cancelled,
+                )
+            )
+
+        try:
+            completion = await super()._generate(request)
+        except BaseException as exc:
+            # a failure reports no timings: charge it the wall time it took
+            elapsed = (time.time() - started) / self._study.time_scale
+            log(elapsed, ok=False, cancelled=isinstance(exc, anyio.get_cancelled_exc_class()))
+            raise
+        log(completion.timings.prompt_s + completion.timings.generation_s, ok=True)
+        return completion
+
     @contextlib.asynccontextmanager
     async def _track(self) -> AsyncIterator[Backend]:
         async with self._factory() as backend:
-            self._backends[self.context.actor_id] = backend
+            self._study.backends[self.context.actor_id] = backend
             yield backend
+
+
+async def _until_all_joined(runtime: Runtime, agent_ids: Sequence[str]) -> None:
+    """Wait until the team's view shows every agent available: a job admitted earlier would
+    be placed on (or, decentralized, fixed to) whoever happened to have joined."""
+    wanted = set(agent_ids)
+    with anyio.fail_after(_JOIN_TIMEOUT_S):
+        while not wanted <= {m.name for m in runtime.membership.members() if m.available}:
+            await runtime.membership.wait_changed()
 
 
 @contextlib.asynccontextmanager
@@ -280,7 +348,8 @@ async def open_team(
     """Host ``n_agents`` workers, agent i on ``devices[i % len(devices)]``, for a block.
 
     ``time_scale`` shrinks modelled seconds to wall seconds for simulated devices; real
-    llama agents ignore it (their runs are reported at scale 1).
+    llama agents ignore it (their runs are reported at scale 1). ``members`` come in the
+    order a job picks its agents (the fastest first), so a run on n agents uses the first n.
     """
     if n_agents < 1 or not devices:
         raise ConfigError(f"a team needs >= 1 agent and >= 1 device (got {n_agents}, {devices})")
@@ -291,7 +360,8 @@ async def open_team(
     scale = 1.0 if real else time_scale
     if scale <= 0:
         raise ConfigError(f"time_scale must be > 0 for a timed run, got {time_scale}")
-    async with open_runtime(bus, team) as runtime:
+    await ensure_team_streams(bus, Subjects(team))
+    async with open_runtime(bus, team, worker_services=[job_service()]) as runtime:
         study = StudyTeam(
             bus=bus,
             team=team,
@@ -303,6 +373,7 @@ async def open_team(
             crash_rate=crash_rate,
             paper_data=paper_data,
         )
+        announced: dict[str, float] = {}
         for i, spec in enumerate(specs):
             agent_id = f"agent-{i}"
             factory = _backend_factory(
@@ -314,15 +385,20 @@ async def open_team(
                 crash_rate=crash_rate,
                 paper_data=paper_data,
             )
-            worker = functools.partial(_StudyWorker, factory, study.backends)
-            with anyio.fail_after(120):
-                await runtime.spawn(worker, actor_id=agent_id, roles=("worker",))
-            rate = device_rate(
+            rate = functools.partial(
+                device_rate,
                 spec,
-                graph,
                 straggler_rate=straggler_rate,
                 straggler_factor=straggler_factor,
                 paper_data=paper_data,
             )
-            study.members.append(TeamMember(agent_id=agent_id, device=spec, tokens_per_s=rate))
+            announced[agent_id] = rate() / scale
+            worker = functools.partial(_StudyWorker, factory, study, announced[agent_id])
+            with anyio.fail_after(120):
+                await runtime.spawn(worker, actor_id=agent_id, roles=("worker",))
+            member = TeamMember(agent_id=agent_id, device=spec, tokens_per_s=rate(graph))
+            study.members.append(member)
+        # the order in which a job picks its n agents: the fastest first, then by name
+        study.members.sort(key=lambda m: (-announced[m.agent_id], m.agent_id))
+        await _until_all_joined(runtime, [m.agent_id for m in study.members])
         yield study

@@ -1,4 +1,8 @@
-"""Task graphs: validation messages, structure (order, critical path, levels), files."""
+"""Task graphs: validation messages, structure (order, critical path, levels), files.
+
+Moved from the study with the graphs themselves; the job fields are tested here too, and
+job files (the ``[job]`` table, the paper's lists as jobs) in ``test_jobfile``.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lmteams.errors import ConfigError, GraphError
-from lmteams.study import Subtask, TaskGraph, dumps_toml, load_graph, save_graph
+from lmteams.jobs._graph import Subtask, TaskGraph
+from lmteams.jobs._graphio import dumps_toml, load_graph, save_graph
+from lmteams.jobs._options import JobOptions
 
 
 def _t(task_id: str, *deps: str, work: int = 300) -> Subtask:
@@ -54,6 +60,13 @@ def test_empty_graph_and_bad_work_and_empty_id() -> None:
         _g(_t("a", work=0))
     with pytest.raises(GraphError, match="#1 has an empty id"):
         _g(_t(""))
+
+
+def test_negative_max_tokens_and_unknown_final_are_named() -> None:
+    with pytest.raises(GraphError, match=r"subtask 'a' has max_tokens=-1; use a positive"):
+        _g(Subtask(id="a", title="A", max_tokens=-1))
+    with pytest.raises(GraphError, match=r"task graph 'g': final = 'zz' is not a subtask id"):
+        TaskGraph(name="g", subtasks=(_t("a"),), final="zz")
 
 
 def test_graph_error_is_a_config_error() -> None:
@@ -105,6 +118,18 @@ def test_levels_and_ready_sets() -> None:
     assert DIAMOND.ready(DIAMOND.ids) == ()
     with pytest.raises(GraphError, match="nope"):
         DIAMOND.ready({"nope"})
+
+
+def test_sinks_are_the_result_unless_a_final_subtask_is_named() -> None:
+    assert DIAMOND.sinks == ("bottom", "solo")
+    assert DIAMOND.result_ids == ("bottom", "solo")
+    named = msgspec.structs.replace(DIAMOND, final="left")
+    assert named.result_ids == ("left",)
+
+
+def test_token_limit_defaults_to_the_work_estimate() -> None:
+    assert _t("a", work=120).token_limit == 120
+    assert Subtask(id="a", title="A", work_tokens=120, max_tokens=40).token_limit == 40
 
 
 def test_long_chains_need_no_recursion() -> None:
@@ -178,21 +203,48 @@ def test_typos_and_bad_files_are_graph_errors(tmp_path: Path) -> None:
 
 
 _text = st.text(st.characters(codec="utf-8"), max_size=30)
+_plain = st.text(st.characters(codec="utf-8", exclude_characters="{"), max_size=30)  # no template
+_options = st.builds(
+    JobOptions,
+    architecture=st.sampled_from(["centralized", "decentralized"]),
+    scheduling=st.sampled_from(["async", "rounds"]),
+    agents=st.integers(0, 9),
+    backups=st.booleans(),
+    lease_s=st.floats(0.1, 86_400),
+    choose=st.sampled_from(["first", "model"]),
+    timeout_s=st.floats(0.001, 1e9),
+)
 
 
-@given(name=_text, description=_text, title=_text, prompt=_text)
+@st.composite
+def job_graphs(draw: st.DrawFn) -> TaskGraph:
+    """Any text in every text field (plain prompts: templates are tested apart)."""
+    return TaskGraph(
+        name=draw(_text),
+        description=draw(_text),
+        subtasks=(
+            Subtask(
+                id="a",
+                title=draw(_text),
+                prompt=draw(_plain),
+                work_tokens=7,
+                system=draw(_text),
+                strategy=draw(_text),
+                roles=tuple(draw(st.lists(_text, max_size=3))),
+                max_tokens=draw(st.integers(0, 10_000)),
+            ),
+            Subtask(id='b "quoted"', title="t", deps=("a",), prompt="{{ outputs['a'] }}!"),
+        ),
+        final=draw(st.sampled_from(["", "a"])),
+        job=draw(_options),
+    )
+
+
+@given(job_graphs())
 @settings(max_examples=60, deadline=None)
 def test_toml_and_json_round_trip_any_text(
-    tmp_path_factory: pytest.TempPathFactory, name: str, description: str, title: str, prompt: str
+    tmp_path_factory: pytest.TempPathFactory, graph: TaskGraph
 ) -> None:
-    graph = TaskGraph(
-        name=name,
-        description=description,
-        subtasks=(
-            Subtask(id="a", title=title, prompt=prompt, work_tokens=7),
-            Subtask(id='b "quoted"', title="t", deps=("a",)),
-        ),
-    )
     folder = tmp_path_factory.mktemp("rt")
     for suffix in (".toml", ".json"):
         assert load_graph(save_graph(graph, folder / f"g{suffix}")) == graph
@@ -201,4 +253,22 @@ def test_toml_and_json_round_trip_any_text(
 def test_toml_text_is_readable() -> None:
     text = dumps_toml(DIAMOND)
     assert '[[subtasks]]\nid = "left"\ntitle = "do left"\ndeps = ["top"]\nwork_tokens = 100' in text
+    assert "[job]" not in text
+    assert "max_tokens" not in text  # fields left at their defaults are not written
+
+
+def test_toml_writes_job_fields_only_when_set() -> None:
+    graph = TaskGraph(
+        name="j",
+        final="b",
+        job=JobOptions(architecture="decentralized", agents=3),
+        subtasks=(
+            Subtask(id="a", title="A", roles=("coder",), max_tokens=64),
+            Subtask(id="b", title="B", deps=("a",), strategy="vote", system="Be brief."),
+        ),
+    )
+    text = dumps_toml(graph)
+    assert 'final = "b"\n\n[job]\narchitecture = "decentralized"\nagents = 3\n' in text
+    assert 'work_tokens = 300\nmax_tokens = 64\nroles = ["coder"]\n' in text
+    assert 'system = "Be brief."\nstrategy = "vote"' in text
     assert msgspec.json.decode(msgspec.json.encode(DIAMOND), type=TaskGraph) == DIAMOND

@@ -1,16 +1,18 @@
-"""Task graphs in and out of files: TOML and JSON, the paper's task lists, and shipped graphs.
+"""Task graphs (jobs) in and out of files: TOML and JSON, the paper's task lists, shipped graphs.
 
 People write graphs in TOML; code and the shipped set use JSON. Both decode strictly through
 msgspec, so a typo'd field or a wrong type is an error that names the field rather than a
 silently ignored key. The paper's own task-list format (``project`` and ``tasks``) is told
 apart by its keys, wherever the file lies, and decoded leniently because it carries fields
-(status, owner, files) that belong to their harness, not to a graph.
+(status, owner, files) that belong to their harness, not to a graph. Its descriptions are
+plain text, so they become templates that render to themselves.
 """
 
 from __future__ import annotations
 
 import json
 import tomllib
+import typing
 from importlib import resources
 from pathlib import Path
 from typing import Final
@@ -18,7 +20,9 @@ from typing import Final
 import msgspec
 
 from lmteams.errors import GraphError
-from lmteams.study._graph import DEFAULT_WORK_TOKENS, Subtask, TaskGraph
+from lmteams.jobs._graph import DEFAULT_WORK_TOKENS, Subtask, TaskGraph
+from lmteams.jobs._options import JobOptions
+from lmteams.jobs._template import literal
 
 __all__ = (
     "SHIPPED_GRAPHS",
@@ -35,6 +39,7 @@ __all__ = (
 
 _PAPER_DOMAIN_PREFIX: Final = "amdahl_"
 _PAPER_LEVELS: Final = ("p02", "p05", "p09")
+_GRAPHS_DIR: Final = ("study", "graphs")  # package data of lmteams, read without importing study
 
 
 def load_graph(path: str | Path) -> TaskGraph:
@@ -54,10 +59,19 @@ def load_graph(path: str | Path) -> TaskGraph:
                 return _paper_graph(file, msgspec.convert(doc, _PaperTaskList))
             return msgspec.convert(doc, TaskGraph)
     except (tomllib.TOMLDecodeError, UnicodeDecodeError, msgspec.DecodeError) as exc:
-        raise GraphError(f"invalid task graph {file}: {exc}") from exc
+        raise GraphError(f"invalid task graph {file}: {exc}{_accepted(str(exc))}") from exc
     except GraphError as exc:
         raise GraphError(f"{file}: {exc}") from exc
     raise GraphError(f"task graph {file} must end in .toml or .json, not {suffix or '(none)'}")
+
+
+def _accepted(message: str) -> str:
+    """The values a ``[job]`` choice takes, when msgspec refused one without naming them."""
+    head, _, field = message.partition(" - at `$.job.")
+    if not head.startswith("Invalid enum value"):
+        return ""
+    values = typing.get_args(typing.get_type_hints(JobOptions).get(field.rstrip("`"), ""))
+    return f" (use one of: {', '.join(values)})" if values else ""
 
 
 def save_graph(graph: TaskGraph, path: str | Path) -> Path:
@@ -82,25 +96,45 @@ def _toml_str(value: str) -> str:
     return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
 
 
+def _toml_value(value: object) -> str:
+    """One value of the shapes a graph has: str, bool, int, float, or an array of strings."""
+    if isinstance(value, str):
+        return _toml_str(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)  # Python's int and float reprs are TOML (inf and nan included)
+    if isinstance(value, tuple | list):
+        return f"[{', '.join(_toml_value(v) for v in value)}]"
+    raise TypeError(f"no TOML form for {type(value).__name__}")
+
+
+def _changed(struct: msgspec.Struct, skip: tuple[str, ...] = ()) -> list[str]:
+    """``key = value`` lines for the fields of ``struct`` that differ from their defaults."""
+    return [
+        f"{f.name} = {_toml_value(getattr(struct, f.name))}"
+        for f in msgspec.structs.fields(struct)
+        if f.name not in skip and getattr(struct, f.name) != f.default
+    ]
+
+
 def dumps_toml(graph: TaskGraph) -> str:
     """The graph as TOML that :func:`load_graph` reads back to an equal graph.
 
     Written by hand because the standard library reads TOML but does not write it, and the
-    shape is fixed: two strings and an array of tables.
+    shape is fixed: a few strings, a ``[job]`` table, and an array of tables. Fields newer
+    than the graph format are written only when set, so old graphs read as they always did.
     """
     lines = [f"name = {_toml_str(graph.name)}", f"description = {_toml_str(graph.description)}"]
+    if graph.final:
+        lines.append(f"final = {_toml_str(graph.final)}")
+    options = _changed(graph.job)
+    if options:
+        lines += ["", "[job]", *options]
+    fixed = ("id", "title", "deps", "work_tokens")
     for s in graph.subtasks:
-        deps = ", ".join(_toml_str(d) for d in s.deps)
-        lines += [
-            "",
-            "[[subtasks]]",
-            f"id = {_toml_str(s.id)}",
-            f"title = {_toml_str(s.title)}",
-            f"deps = [{deps}]",
-            f"work_tokens = {s.work_tokens}",
-        ]
-        if s.prompt:
-            lines.append(f"prompt = {_toml_str(s.prompt)}")
+        lines += ["", "[[subtasks]]", *(f"{k} = {_toml_value(getattr(s, k))}" for k in fixed)]
+        lines += _changed(s, skip=fixed)
     return "\n".join(lines) + "\n"
 
 
@@ -139,7 +173,7 @@ def _paper_graph(file: Path, listing: _PaperTaskList) -> TaskGraph:
             title=t.title,
             deps=t.dependencies,
             work_tokens=DEFAULT_WORK_TOKENS,
-            prompt=t.description,
+            prompt=literal(t.description),
         )
         for t in listing.tasks
     )
@@ -153,8 +187,9 @@ def _paper_graph(file: Path, listing: _PaperTaskList) -> TaskGraph:
 def load_paper_tasks(path: str | Path) -> TaskGraph:
     """One of the paper's task lists as a graph (named ``<domain>/pXX`` in the paper's tree).
 
-    The task description becomes the subtask's prompt; work is the default estimate, since the
-    paper's lists do not size their tasks.
+    The task description becomes the subtask's prompt (a template that renders to the
+    description); work is the default estimate, since the paper's lists do not size their
+    tasks.
     """
     file = Path(path)
     try:
@@ -239,7 +274,7 @@ def write_shipped_graphs(directory: str | Path) -> list[Path]:
 
 def shipped_graph(name: str) -> TaskGraph:
     """A graph that ships with lmteams, by name (``serial-p02``, ``parallel-p09``, ...)."""
-    resource = resources.files("lmteams.study") / "graphs" / f"{name}.json"
+    resource = resources.files("lmteams").joinpath(*_GRAPHS_DIR, f"{name}.json")
     if not resource.is_file():
         known = ", ".join(SHIPPED_GRAPHS)
         raise GraphError(f"no shipped task graph {name!r}; shipped graphs are: {known}")
@@ -251,7 +286,7 @@ def shipped_graph(name: str) -> TaskGraph:
 
 def shipped_graphs() -> dict[str, TaskGraph]:
     """Every shipped graph, found by listing the package data rather than trusting a list."""
-    folder = resources.files("lmteams.study") / "graphs"
+    folder = resources.files("lmteams").joinpath(*_GRAPHS_DIR)
     names = sorted(
         entry.name.removesuffix(".json")
         for entry in folder.iterdir()

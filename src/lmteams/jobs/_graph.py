@@ -6,7 +6,13 @@ else here (token-weighted span and work, levels, ready sets) is what a scheduler
 needs to reason about the same graph in time rather than in task counts.
 
 A :class:`TaskGraph` validates itself on construction and on decode, so code that holds one
-never has to ask whether it is acyclic or whether every dependency exists.
+never has to ask whether it is acyclic or whether every dependency exists, or whether a
+prompt template names a dependency it does not have.
+
+A graph is also a job's whole definition: its subtasks carry prompt templates (see
+``_template``), token limits, an optional verification strategy and the roles that may take
+them, and the graph carries how the job runs (:class:`JobOptions`, a ``[job]`` table in a
+file) and, optionally, the one subtask whose output is the result.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ from collections.abc import Iterable
 import msgspec
 
 from lmteams.errors import GraphError
+from lmteams.jobs._options import JobOptions
+from lmteams.jobs._template import check_templates
 
 __all__ = ("DEFAULT_WORK_TOKENS", "Subtask", "TaskGraph")
 
@@ -24,11 +32,14 @@ DEFAULT_WORK_TOKENS = 300
 """Output tokens assumed for a subtask whose size nobody estimated (one small function)."""
 
 
-class Subtask(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class Subtask(
+    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True
+):
     """One unit of work that a single agent completes in one go.
 
     ``work_tokens`` estimates the output tokens the work takes, which is what makes a
-    subtask's duration depend on the device that runs it.
+    subtask's duration depend on the device that runs it. Every field after it has a
+    default, so graph files written before jobs existed still load.
     """
 
     id: str
@@ -36,14 +47,38 @@ class Subtask(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     deps: tuple[str, ...] = ()
     work_tokens: int = DEFAULT_WORK_TOKENS
     prompt: str = ""
+    """A sandboxed jinja2 template over ``task``, ``job``, ``deps`` and ``outputs``."""
+    system: str = ""
+    """The system prompt, plain text."""
+    max_tokens: int = 0
+    """Output limit of the model call; 0: ``work_tokens``."""
+    strategy: str = ""
+    """Empty: one agent answers; a consensus strategy (``vote``, ``quorum``, ``debate``)
+    makes this a verification node that a team answers."""
+    roles: tuple[str, ...] = ()
+    """The agent roles that may take it; (): any worker."""
+
+    @property
+    def token_limit(self) -> int:
+        """The ``max_tokens`` a model call for this subtask gets."""
+        return self.max_tokens or self.work_tokens
 
 
-class TaskGraph(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """A named DAG of subtasks, kept in the order it was written (ties break by that order)."""
+class TaskGraph(
+    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True
+):
+    """A named DAG of subtasks, kept in the order it was written (ties break by that order).
+
+    Fields left at their defaults are not encoded (here and in :class:`Subtask`), so a graph
+    on the bus or in a file carries only what its author set.
+    """
 
     name: str
     description: str = ""
     subtasks: tuple[Subtask, ...]
+    final: str = ""
+    """The subtask whose output is the job's result; "": the outputs of the sinks."""
+    job: JobOptions = JobOptions()
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -53,6 +88,17 @@ class TaskGraph(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     @property
     def ids(self) -> tuple[str, ...]:
         return tuple(s.id for s in self.subtasks)
+
+    @property
+    def sinks(self) -> tuple[str, ...]:
+        """Subtasks nothing depends on, in written order: the result when ``final`` is ""."""
+        needed = {d for s in self.subtasks for d in s.deps}
+        return tuple(s.id for s in self.subtasks if s.id not in needed)
+
+    @property
+    def result_ids(self) -> tuple[str, ...]:
+        """The subtasks whose outputs make the job's result."""
+        return (self.final,) if self.final else self.sinks
 
     def subtask(self, task_id: str) -> Subtask:
         for s in self.subtasks:
@@ -181,6 +227,11 @@ def _validate(graph: TaskGraph) -> None:
                 f"task graph {graph.name!r}: subtask {s.id!r} has work_tokens={s.work_tokens}; "
                 "work must be a positive number of tokens"
             )
+        if s.max_tokens < 0:
+            raise GraphError(
+                f"task graph {graph.name!r}: subtask {s.id!r} has max_tokens={s.max_tokens}; "
+                "use a positive limit, or 0 for work_tokens"
+            )
     for s in graph.subtasks:
         for dep in s.deps:
             if dep not in seen:
@@ -194,6 +245,9 @@ def _validate(graph: TaskGraph) -> None:
             f"task graph {graph.name!r} has a dependency cycle: {' -> '.join(cycle)} "
             "(each task depends on the next)"
         )
+    if graph.final and graph.final not in seen:
+        raise GraphError(f"task graph {graph.name!r}: final = {graph.final!r} is not a subtask id")
+    check_templates(graph)
 
 
 def _find_cycle(graph: TaskGraph) -> list[str]:
