@@ -14,15 +14,21 @@ import json
 import logging
 import os
 import platform
+import random
+import signal
 import statistics
 import subprocess
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable, Collection
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import msgspec
 import structlog
+
+if TYPE_CHECKING:
+    from lmteams.agents import Supervisor
+    from lmteams.bus import LocalCluster
 
 S = TypeVar("S", bound=msgspec.Struct)
 
@@ -137,3 +143,39 @@ def emit(figures: list[dict[str, Any]], **context: Any) -> None:
             f"ratio={f['ratio']:<8} target>={f['target']}"
         )
     print(json.dumps({"figures": figures, "machine": machine(), **context}))
+
+
+def kill_agent(
+    supervisor: Supervisor,
+    rng: random.Random,
+    killed: set[int],
+    *,
+    among: Collection[str] | None = None,
+) -> str | None:
+    """kill -9 one live supervised agent (a random one, of ``among`` if given); its name,
+    or None when none was alive. ``killed`` holds pids already killed: one not yet reaped
+    still looks alive, and must not be counted twice."""
+    alive = [
+        p
+        for p in supervisor.processes()
+        if p.running and p.pid and p.pid not in killed and (among is None or p.name in among)
+    ]
+    if not alive:
+        return None
+    victim = rng.choice(alive)
+    assert victim.pid is not None
+    try:
+        os.kill(victim.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return None
+    killed.add(victim.pid)
+    return victim.name
+
+
+async def bounce_node(cluster: LocalCluster, rng: random.Random, down_s: float) -> str:
+    """Kill one random node of the cluster, and start it again ``down_s`` seconds later."""
+    node = rng.choice(cluster.servers)
+    await node.kill()
+    await anyio.sleep(down_s)
+    await node.start()
+    return node.config.name

@@ -32,7 +32,6 @@ import contextlib
 import json
 import os
 import random
-import signal
 import sys
 import tempfile
 import time
@@ -45,7 +44,7 @@ import anyio
 import msgspec
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import machine, parse_spec, quiet_logs
+from _common import bounce_node, kill_agent, machine, parse_spec, quiet_logs
 from _hostile import hostile_inputs
 from lmteams.agents import (
     Ping,
@@ -243,20 +242,11 @@ async def inject_faults(
     for at, kind in events:
         await anyio.sleep(max(0.0, at - (time.monotonic() - started)))
         if kind == "agent":
-            alive = [p.pid for p in supervisor.processes() if p.running and p.pid]
-            alive = [pid for pid in alive if pid not in killed]
-            if alive:
-                victim = rng.choice(alive)
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(victim, signal.SIGKILL)
-                    killed.add(victim)
-                    counts["agent_kills"] += 1
+            if kill_agent(supervisor, rng, killed) is not None:
+                counts["agent_kills"] += 1
         else:
-            node = rng.choice(cluster.servers)
-            await node.kill()
             counts["node_kills"] += 1
-            await anyio.sleep(spec.node_down_s)
-            await node.start()
+            await bounce_node(cluster, rng, spec.node_down_s)
     return counts
 
 
