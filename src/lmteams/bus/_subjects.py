@@ -94,7 +94,6 @@ class SubjectKind(StrEnum):
     CONTROL = "control"
     DEAD = "dead"
     VOTE = "vote"
-    STUDY = "study"
     JOBS = "jobs"
 
 
@@ -157,10 +156,6 @@ class Subjects(msgspec.Struct, frozen=True):
     def vote(self, task_id: str) -> str:
         """Where agents broadcast their signed votes on a task, so conflicting ones show."""
         return f"{self.root}.vote.{validate_token(task_id, 'task id')}"
-
-    def study(self, run_id: str) -> str:
-        """Where the agents of one decentralized study run tell each other about claims."""
-        return f"{self.root}.study.{validate_token(run_id, 'study run id')}"
 
     # --- jobs (lmteams.jobs): requests, reports and results live in the jobs stream --------
     @property

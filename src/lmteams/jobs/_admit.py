@@ -20,11 +20,10 @@ from lmteams.jobs._finish import finish_job, publish_result
 from lmteams.jobs._messages import CancelJob, JobResult, JobSpec, JobStatus, SubmitJob
 from lmteams.jobs._policy import available_workers
 
-__all__ = ("ADMIT_CONSUMER", "admit_requests")
+__all__ = ("admit_requests",)
 
 log = structlog.get_logger(__name__)
 
-ADMIT_CONSUMER = JOB_REQUESTS_CONSUMER
 _REQUEST: Codec[SubmitJob | CancelJob] = Codec(SubmitJob, CancelJob)
 
 
@@ -40,7 +39,7 @@ async def admit_requests(agent: WorkerAgent, board: JobBoard) -> None:
     """Admit requests until cancelled (one at a time: admission is a few KV writes)."""
     ctx = agent.context
     queue = await open_consumer(
-        ctx.bus, ctx.subjects.jobs_stream, ctx.subjects.job_requests, durable=ADMIT_CONSUMER
+        ctx.bus, ctx.subjects.jobs_stream, ctx.subjects.job_requests, durable=JOB_REQUESTS_CONSUMER
     )
     try:
         while True:

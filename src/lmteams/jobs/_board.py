@@ -436,10 +436,6 @@ class JobBoard:
         """An agent's own counts for a job (only it writes this key: a plain put)."""
         await self.kv.put(_key(job_id, "a", tally.agent), _ENCODE.encode(tally))
 
-    async def tally(self, job_id: str, agent: str) -> AgentTally:
-        found = await self._read(_key(job_id, "a", agent), AgentTally)
-        return found[0] if found else AgentTally(agent=agent)
-
 
 def _unclaimed(s: SubtaskState, **counts: int) -> SubtaskState:
     """``s`` back to pending, nobody's: claimable again, its claim's token void."""

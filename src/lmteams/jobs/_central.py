@@ -27,7 +27,7 @@ from lmteams.bus import JOB_REPORTS_CONSUMER, Codec, Incoming, open_consumer
 from lmteams.errors import BusError, ConfigError, DecodeError
 from lmteams.hardware import AgentLoad, expected_finish
 from lmteams.jobs._board import Commit, JobBoard, JobView
-from lmteams.jobs._finish import ensure_result, finish_job
+from lmteams.jobs._finish import job_over
 from lmteams.jobs._graph import Subtask
 from lmteams.jobs._ledger import Ledger
 from lmteams.jobs._messages import (
@@ -44,11 +44,10 @@ from lmteams.jobs._policy import available_workers, by_priority, outputs_for, st
 from lmteams.jobs._template import render_prompt
 from lmteams.jobs._watch import Latest, keep_running, running_jobs
 
-__all__ = ("Coordinator", "REPORTS_CONSUMER")
+__all__ = ("Coordinator",)
 
 log = structlog.get_logger(__name__)
 
-REPORTS_CONSUMER = JOB_REPORTS_CONSUMER
 
 _DECLINE_HOLD_S = 1.0
 """How long an agent that declined an assignment is not offered another (it said it was busy)."""
@@ -112,7 +111,7 @@ class Coordinator:
             ctx.bus,
             subjects.jobs_stream,
             subjects.job_reports,
-            durable=REPORTS_CONSUMER,
+            durable=JOB_REPORTS_CONSUMER,
             ack_wait_s=30.0,
         )
         try:
@@ -221,17 +220,9 @@ class _Driver:
         """Act on one view; False once the job has ended."""
         view = self._with_own_writes(seen)
         record, graph = view.record, view.record.spec.graph
-        if record.status is not JobStatus.RUNNING:
-            await self._withdraw_all(view, "job " + str(record.status))
-            await ensure_result(self.c.board, self.c.agent.context.bus, self.job_id)
-            return False
-        if view.failed or view.complete or _overdue(record):
-            status = JobStatus.DONE if view.complete else JobStatus.FAILED
-            error = view.failed[0].error if view.failed else ""
-            if _overdue(record) and not view.complete:
-                error = f"timed out after {record.spec.options.timeout_s:g}s"
-            await finish_job(self.c.board, self.c.agent.context.bus, self.job_id, status, error)
-            await self._withdraw_all(view, "job ended")
+        if await job_over(self.c.board, self.c.agent.context.bus, view):
+            ended = record.status is JobStatus.RUNNING  # by this step
+            await self._withdraw_all(view, "job ended" if ended else f"job {record.status}")
             return False
         await self._expire(view)
         await self._withdraw_losers(view)
@@ -281,10 +272,9 @@ class _Driver:
 
     def _team(self, record: JobRecord) -> list[str]:
         """The agents this job may use: available workers, the fastest first, kept stable."""
-        workers = {m.name for m in available_workers(self.c.agent.context.membership)}
         ordered = [m.name for m in available_workers(self.c.agent.context.membership)]
         want = record.spec.options.agents or len(ordered)
-        self.team = [a for a in self.team if a in workers]
+        self.team = [a for a in self.team if a in ordered]
         for name in ordered:
             if len(self.team) >= want:
                 break
@@ -413,7 +403,3 @@ class _Driver:
             if s.status is SubtaskStatus.CLAIMED:
                 for a in (s.holder, *s.backups):
                     await self.c.send(a, Withdraw(job_id=self.job_id, index=s.index, reason=reason))
-
-
-def _overdue(record: JobRecord) -> bool:
-    return time.time() - record.admitted_at > record.spec.options.timeout_s

@@ -7,15 +7,17 @@ keeps the first message per subject, so a result is published once even if two e
 
 from __future__ import annotations
 
+import time
+
 import structlog
 
 from lmteams.bus import Bus, last_message, publish_durable
 from lmteams.errors import BusError, EncodeError, RevisionMismatchError
-from lmteams.jobs._board import JobBoard
+from lmteams.jobs._board import JobBoard, JobView
 from lmteams.jobs._figures import build_result
 from lmteams.jobs._messages import JobResult, JobStatus
 
-__all__ = ("ensure_result", "finish_job", "publish_result")
+__all__ = ("ensure_result", "finish_job", "job_over", "publish_result")
 
 log = structlog.get_logger(__name__)
 
@@ -28,6 +30,26 @@ async def finish_job(
         return None
     log.info("jobs.ended", job_id=job_id, status=str(status), error=error)
     return await ensure_result(board, bus, job_id)
+
+
+async def job_over(board: JobBoard, bus: Bus, view: JobView) -> bool:
+    """Whether the job is over: ended already (its result made sure of), or ended now
+    because ``view`` shows it complete, a subtask failed for good, or its time ran out."""
+    record = view.record
+    job_id = record.spec.id
+    if record.status is not JobStatus.RUNNING:
+        await ensure_result(board, bus, job_id)
+        return True
+    timeout_s = record.spec.options.timeout_s
+    overdue = time.time() - record.admitted_at > timeout_s
+    if not (view.complete or view.failed or overdue):
+        return False
+    status = JobStatus.DONE if view.complete else JobStatus.FAILED
+    error = view.failed[0].error if view.failed else ""
+    if overdue and not view.complete:
+        error = f"timed out after {timeout_s:g}s"
+    await finish_job(board, bus, job_id, status, error)
+    return True
 
 
 async def ensure_result(board: JobBoard, bus: Bus, job_id: str) -> JobResult | None:

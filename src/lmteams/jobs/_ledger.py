@@ -48,9 +48,6 @@ class Ledger:
         self._tallies[job_id] = tally
         await self._write(job_id, tally)
 
-    def forget(self, job_id: str) -> None:
-        self._tallies.pop(job_id, None)
-
     async def _write(self, job_id: str, tally: AgentTally) -> None:
         if self.board is None:
             return

@@ -25,12 +25,11 @@ from lmteams.errors import BusError, ConfigError, EncodeError, RevisionMismatchE
 from lmteams.hardware import GenerateRequest
 from lmteams.jobs._attempt import AttemptOutcome, run_attempt
 from lmteams.jobs._board import Commit, JobBoard, JobView
-from lmteams.jobs._finish import ensure_result, finish_job
+from lmteams.jobs._finish import job_over
 from lmteams.jobs._ledger import Ledger
 from lmteams.jobs._messages import (
     Assign,
     JobRecord,
-    JobStatus,
     Report,
     SubtaskState,
     SubtaskStatus,
@@ -306,7 +305,7 @@ class _SelfOrganizing:
         """Act on one view; False once the job has ended."""
         p, record = self.p, view.record
         mine = p.current if p.current and p.current.job_id == self.job_id else None
-        if not await self._still_running(view):
+        if await job_over(p.board, p.agent.context.bus, view):
             if mine:
                 mine.withdraw(_lost(view.states[mine.index], mine) or "job ended")
             return False
@@ -327,23 +326,6 @@ class _SelfOrganizing:
         elif options.backups and options.scheduling == "async":
             await self._back_up(view, tg)
         return True
-
-    async def _still_running(self, view: JobView) -> bool:
-        """False once the job ended (here, if this view shows it complete, failed or late)."""
-        record = view.record
-        if record.status is not JobStatus.RUNNING:
-            await ensure_result(self.p.board, self.p.agent.context.bus, self.job_id)
-            return False
-        options = record.spec.options
-        overdue = time.time() - record.admitted_at > options.timeout_s
-        if not (view.complete or view.failed or overdue):
-            return True
-        status = JobStatus.DONE if view.complete else JobStatus.FAILED
-        error = view.failed[0].error if view.failed else ""
-        if overdue and not view.complete:
-            error = f"timed out after {options.timeout_s:g}s"
-        await finish_job(self.p.board, self.p.agent.context.bus, self.job_id, status, error)
-        return False
 
     async def _back_up(self, view: JobView, tg: TaskGroup) -> None:
         p = self.p
