@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 from lmteams.jobs._board import JobView
@@ -115,6 +116,7 @@ TALLIES = (
         backups_lost=1,
         busy_s=6.5,
         wasted_s=2.5,
+        backup_s=1.5,
         tokens_in=70,
         tokens_out=700,
         coordination_tokens_in=50,
@@ -140,7 +142,7 @@ def test_diamond_figures_are_exact() -> None:
     assert (f.tokens_in, f.tokens_out) == (100, 1000)
     assert (f.coordination_tokens_in, f.coordination_tokens_out) == (55, 66)
     assert (f.claims, f.conflicts, f.releases, f.fenced) == (5, 3, 1, 1)
-    assert (f.backups, f.backups_lost, f.backup_extra_s) == (2, 1, 2.5)
+    assert (f.backups, f.backups_lost, f.backup_extra_s) == (2, 1, 1.5)
     assert f.redeliveries == 3  # b's second attempt, d's second and third
     assert (f.rounds, f.bus_messages) == (4, 42)
     assert f.busy_s == {"w1": 7.0, "w2": 6.5}
@@ -227,3 +229,31 @@ def test_a_job_that_committed_nothing_has_zero_figures() -> None:
     assert (f.work_span_bound, f.bound_fraction) == (0.0, 0.0)
     assert f.amdahl_bound == pytest.approx(1.0)  # n = 1
     assert f.redeliveries == 2
+
+
+def test_a_subtask_a_backup_won_lasts_from_its_first_claim() -> None:
+    """The backup's own (short) draw is not the subtask's duration: the job waited on the
+    first copy from its claim, so the bound is one a schedule of these durations can meet."""
+    chain = TaskGraph(
+        name="chain",
+        subtasks=(Subtask(id="a", title="A"), Subtask(id="b", title="B", deps=("a",))),
+    )
+    backed_up = msgspec.structs.replace(
+        _done(1, "b", "w2", 108.0, 110.0), holder="w1", claimed_at=102.0, backups=("w2",)
+    )
+    # the first copy's holder committed after all: its own start counts, not the claim
+    held = msgspec.structs.replace(
+        _done(0, "a", "w1", 100.5, 102.0), claimed_at=100.2, backups=("w2",)
+    )
+    f = build_result(_view(chain, [held, backed_up])).figures
+    assert f is not None
+    assert f.work_s == pytest.approx(1.5 + 8.0)
+    assert f.span_s == pytest.approx(9.5)
+    assert f.makespan_s == pytest.approx(10.0)
+    assert f.bound_fraction == pytest.approx((9.5 / 10.0) / 1.0)
+
+
+def test_measured_span_weighs_each_subtask_by_its_duration() -> None:
+    graph = _diamond()
+    assert graph.measured_span({"a": 2.0, "b": 5.0, "c": 3.0, "d": 1.0}) == pytest.approx(8.0)
+    assert graph.measured_span({"a": 2.0, "c": 30.0}) == pytest.approx(32.0)  # absent: 0

@@ -40,7 +40,7 @@ from lmteams.jobs._messages import (
     Withdraw,
     Working,
 )
-from lmteams.jobs._policy import available_workers, by_priority, outputs_for, straggler
+from lmteams.jobs._policy import available_workers, by_priority, outputs_for, straggler, wake_in
 from lmteams.jobs._template import render_prompt
 from lmteams.jobs._watch import Latest, keep_running, running_jobs
 
@@ -194,7 +194,7 @@ class _Driver:
         try:
             async with Latest.watching(self.c.board, self.job_id) as latest:
                 while True:
-                    view = await latest.next(timeout=0.25)
+                    view = await latest.next(timeout=wake_in(latest.view))
                     if view is None:
                         continue
                     if not await self._step(view):

@@ -4,11 +4,17 @@ Pure: it reads one :class:`JobView` and nothing else, so whoever ends a job (the
 coordinator, the last decentralized committer) publishes the same result from the same
 state, and tests check the arithmetic on views built by hand.
 
-Durations are those of the *committed* attempts (a lost backup or a fenced completion is
-work the team did, counted in ``backup_extra_s`` and the tallies, not work the job needed):
-``work_s`` is then what one agent would have spent serially, ``span_s`` the heaviest
-dependency chain of those durations, and no schedule on ``n`` agents can beat
-``min(n, work_s / span_s)``, the work/span bound ``bound_fraction`` compares the speedup to.
+A subtask's duration is the time it held the job up: from the start of its committed
+attempt to the commit, or, where a backup copy won, from the claim its first copy ran under
+(the backup ran beside that copy; without it the subtask would have run on). Every copy
+beside the first, won or lost, is work the team added (``backup_extra_s``); a fenced
+completion is counted in the tallies: neither is work the job needed. ``work_s`` sums the
+durations and ``span_s`` is their heaviest dependency chain. Every duration is covered by
+one agent running the subtask's first copy, so no schedule of them on ``n`` agents beats
+``min(n, work_s / span_s)``, the work/span bound ``bound_fraction`` compares the speedup
+to. Counting a winning backup's own time instead would credit the job with a draw it only
+got by backing up, a bound no schedule could reach: backups would then lower the fraction
+while they cut the makespan (``benchmarks/job_makespan.py`` reports that reading beside).
 """
 
 from __future__ import annotations
@@ -67,18 +73,10 @@ def _subtask_record(s: SubtaskState) -> SubtaskRecord:
 
 
 def _duration(s: SubtaskState) -> float:
-    return max(0.0, s.ended_at - s.started_at)
-
-
-def _span(view: JobView, done: dict[str, SubtaskState]) -> float:
-    """The heaviest dependency chain, each committed subtask weighing its measured duration."""
-    graph = view.record.spec.graph
-    finish: dict[str, float] = {}
-    for task_id in graph.topological_order():
-        own = _duration(done[task_id]) if task_id in done else 0.0
-        before = max((finish[d] for d in graph.subtask(task_id).deps), default=0.0)
-        finish[task_id] = own + before
-    return max(finish.values(), default=0.0)
+    began = s.started_at
+    if s.holder and s.agent != s.holder and s.claimed_at:
+        began = min(began, s.claimed_at)  # a backup won: the first copy began the subtask
+    return max(0.0, s.ended_at - began)
 
 
 def _ratio(num: float, den: float) -> float:
@@ -91,8 +89,9 @@ def _figures(view: JobView, done: dict[str, SubtaskState], bus_messages: int) ->
     n = max(1, record.spec.options.agents or len(record.participants) or len(worked))
     last = max((s.ended_at for s in done.values()), default=0.0)
     makespan = max(0.0, last - record.admitted_at) if done else 0.0
-    work = sum(_duration(s) for s in done.values())
-    span = _span(view, done)
+    durations = {i: _duration(s) for i, s in done.items()}
+    work = sum(durations.values())
+    span = record.spec.graph.measured_span(durations)
     speedup = _ratio(work, makespan)
     p = record.spec.graph.parallel_fraction
     work_span_bound = min(float(n), _ratio(work, span))
@@ -120,7 +119,7 @@ def _figures(view: JobView, done: dict[str, SubtaskState], bus_messages: int) ->
         fenced=sum(t.fenced for t in tallies),
         backups=sum(t.backups for t in tallies),
         backups_lost=sum(t.backups_lost for t in tallies),
-        backup_extra_s=sum(t.wasted_s for t in tallies),
+        backup_extra_s=sum(t.backup_s for t in tallies),
         redeliveries=sum(max(0, s.attempt - 1) for s in view.states),
         rounds=record.round,
         busy_s=busy,

@@ -18,7 +18,7 @@ file) and, optionally, the one subtask whose output is the result.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import msgspec
 
@@ -177,6 +177,15 @@ class TaskGraph(
             path.append(end)
             end = previous[end]
         return tuple(reversed(path))
+
+    def measured_span(self, durations: Mapping[str, float]) -> float:
+        """The heaviest dependency chain when each subtask takes ``durations[id]`` (absent:
+        0): the critical path of a run, as :attr:`span` is of the token estimates."""
+        finish: dict[str, float] = {}
+        for task_id in self.topological_order():
+            before = max((finish[d] for d in self.subtask(task_id).deps), default=0.0)
+            finish[task_id] = durations.get(task_id, 0.0) + before
+        return max(finish.values(), default=0.0)
 
     def levels(self) -> tuple[tuple[str, ...], ...]:
         """Tasks grouped by depth: level 0 has no dependencies, level k waits on level k-1.

@@ -144,7 +144,8 @@ class AgentTally(msgspec.Struct, frozen=True, kw_only=True, tag="tally"):
     backups_lost: int = 0  # backup races it lost (its copy was cancelled or refused)
     cancelled: int = 0
     busy_s: float = 0.0  # wall seconds generating, committed or not
-    wasted_s: float = 0.0  # of which: attempts that did not commit
+    wasted_s: float = 0.0  # of which: attempts that did not commit (withdrawn, refused)
+    backup_s: float = 0.0  # of which: backup copies, won or lost (the copy beside the first)
     tokens_in: int = 0
     tokens_out: int = 0
     coordination_tokens_in: int = 0  # model calls that chose a subtask (choose = "model")
@@ -236,8 +237,8 @@ class JobFigures(msgspec.Struct, frozen=True, kw_only=True):
 
     agents: int
     makespan_s: float  # admission to the last commit
-    work_s: float  # sum of committed attempts' durations: the serial time
-    span_s: float  # the measured critical path: heaviest chain of committed durations
+    work_s: float  # sum of subtask durations (start, or a backed-up claim, to commit)
+    span_s: float  # the measured critical path: heaviest chain of those durations
     speedup: float  # work_s / makespan_s
     parallel_fraction: float  # the paper's p = (N - CP) / N of the graph
     amdahl_bound: float  # 1 / ((1 - p) + p / n)
@@ -254,7 +255,7 @@ class JobFigures(msgspec.Struct, frozen=True, kw_only=True):
     fenced: int = 0
     backups: int = 0
     backups_lost: int = 0
-    backup_extra_s: float = 0.0  # wall seconds spent on copies that did not commit
+    backup_extra_s: float = 0.0  # wall seconds backup copies ran: the work backups added
     redeliveries: int = 0  # attempts beyond the first, over all subtasks
     rounds: int = 0
     busy_s: dict[str, float] = {}

@@ -36,7 +36,7 @@ from lmteams.jobs._messages import (
     Withdraw,
     Working,
 )
-from lmteams.jobs._policy import by_priority, outputs_for, straggler
+from lmteams.jobs._policy import by_priority, outputs_for, straggler, wake_in
 from lmteams.jobs._template import render_prompt
 from lmteams.jobs._watch import Latest, keep_running, running_jobs
 
@@ -245,6 +245,8 @@ class Participant:
                 attempts=1,
                 backups=1 if attempt.backup else 0,
                 busy_s=ended - started,
+                wasted_s=0.0 if outcome else ended - started,
+                backup_s=ended - started if attempt.backup else 0.0,
                 tokens_in=outcome.tokens_in if outcome else 0,
                 tokens_out=outcome.tokens_out if outcome else 0,
             )
@@ -292,7 +294,7 @@ class _SelfOrganizing:
             anyio.create_task_group() as tg,
         ):
             while True:
-                view = await latest.next(timeout=0.25)
+                view = await latest.next(timeout=wake_in(latest.view))
                 if view is None:
                     continue
                 if not await self._step(view, tg):

@@ -17,7 +17,15 @@ from lmteams.jobs._board import JobView
 from lmteams.jobs._graph import TaskGraph
 from lmteams.jobs._messages import SubtaskStatus
 
-__all__ = ("available_workers", "by_priority", "outputs_for", "remaining_chain", "straggler")
+__all__ = (
+    "POLL_S",
+    "available_workers",
+    "by_priority",
+    "outputs_for",
+    "remaining_chain",
+    "straggler",
+    "wake_in",
+)
 
 BACKUP_AFTER = 1.5
 """A claim running this many times the job's median committed duration may get a backup..."""
@@ -49,20 +57,51 @@ def by_priority(graph: TaskGraph, indices: list[int]) -> list[int]:
     return sorted(indices, key=lambda i: (-rest[i], i))
 
 
-def straggler(view: JobView, *, factor: float = BACKUP_AFTER) -> int | None:
-    """The claimed subtask without a backup that overran the job's median duration most."""
+POLL_S = 0.25
+"""How long a job's driver waits for a change before it looks again (leases, stragglers)."""
+
+
+def _late_after(view: JobView) -> float | None:
+    """Seconds a claim may run before it counts as a straggler (None: nothing committed
+    yet to measure by)."""
     durations = [s.ended_at - s.started_at for s in view.states if s.status is SubtaskStatus.DONE]
     if not durations:
         return None
     typical = max(statistics.median(durations), 1e-3)
+    return max(BACKUP_AFTER * typical, typical + BACKUP_LATE_S)
+
+
+def straggler(view: JobView) -> int | None:
+    """The claimed subtask without a backup that has run longest past :func:`_late_after`."""
+    after = _late_after(view)
+    if after is None:
+        return None
     now = time.time()
     late = [
-        ((now - s.claimed_at) / typical, s.index)
+        (now - s.claimed_at, s.index)
+        for s in view.states
+        if s.status is SubtaskStatus.CLAIMED and not s.backups and now - s.claimed_at > after
+    ]
+    return max(late)[1] if late else None
+
+
+def wake_in(view: JobView | None) -> float:
+    """How long a driver may wait for a change: :data:`POLL_S`, or less when a claim turns
+    straggler sooner. Without it a backup would wait for the next poll, which at a study's
+    time scales is longer than the subtasks themselves."""
+    options = view.record.spec.options if view is not None else None
+    if view is None or options is None or not options.backups or options.scheduling != "async":
+        return POLL_S
+    after = _late_after(view)
+    if after is None:
+        return POLL_S
+    now = time.time()
+    due = [
+        s.claimed_at + after - now
         for s in view.states
         if s.status is SubtaskStatus.CLAIMED and not s.backups
     ]
-    late = [(r, i) for r, i in late if r > factor and (r - 1) * typical > BACKUP_LATE_S]
-    return max(late)[1] if late else None
+    return min([POLL_S, *(d + 1e-3 for d in due if d > 0)])
 
 
 def outputs_for(view: JobView, index: int) -> dict[str, str]:

@@ -112,8 +112,12 @@ class RunMetrics(msgspec.Struct, frozen=True, kw_only=True):
     work_s: float = 0.0
     """Modelled seconds of the committed attempts, end to end: the job's serial work."""
     bound_fraction: float = 0.0
-    """The job's speedup (work over makespan) over its work/span bound ``min(n, W/S)``, both
-    measured by the engine on the committed attempts."""
+    """The job's speedup (work over makespan) over its work/span bound ``min(n, W/S)``, as the
+    engine measures them (see :mod:`lmteams.jobs`: a subtask a backup won lasts from its
+    first copy's claim)."""
+    attempt_bound_fraction: float = 0.0
+    """The same with each subtask lasting only as long as its committed attempt: a winning
+    backup's own draw, which no schedule could have known to wait for."""
     speedup: float | None = None
     """Over the same cell's one-agent run, when the sweep had one."""
     efficiency: float | None = None
@@ -294,4 +298,17 @@ def job_metrics(
         claims=figures.claims,
         work_s=figures.work_s / scale,
         bound_fraction=figures.bound_fraction,
+        attempt_bound_fraction=_attempt_bound_fraction(graph, result),
     )
+
+
+def _attempt_bound_fraction(graph: TaskGraph, result: JobResult) -> float:
+    figures = result.figures
+    assert figures is not None
+    durations = {
+        r.id: max(0.0, r.ended_at - r.started_at) for r in result.subtasks if r.status == "done"
+    }
+    work, span = sum(durations.values()), graph.measured_span(durations)
+    if figures.makespan_s <= 0 or span <= 0:
+        return 0.0
+    return (work / figures.makespan_s) / min(float(figures.agents), work / span)
