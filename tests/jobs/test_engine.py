@@ -172,3 +172,29 @@ async def test_concurrent_jobs_share_the_team_without_failures(bus: Bus) -> None
         assert result.status is JobStatus.DONE, result.error
         assert result.figures is not None and result.figures.releases == 0
         assert all(r.releases == 0 for r in result.subtasks)  # nothing waited out a lease
+
+
+@pytest.mark.parametrize("scheduling", ["async", "rounds"])
+async def test_self_organizing_agents_keep_every_claim_they_make(bus: Bus, scheduling: str) -> None:
+    """Five agents claim from the same views at once: each works what it claimed (no claim
+    dropped on a view from before it, left to lapse), and each subtask runs once."""
+    team = f"wide-{scheduling}"
+    await ensure_team_streams(bus, Subjects(team))
+    graph = TaskGraph(
+        name="wide",
+        subtasks=tuple(Subtask(id=f"t{i}", title=f"part {i}", work_tokens=20) for i in range(15)),
+    )
+    async with open_runtime(bus, team, worker_services=[job_service()]) as runtime:
+        for i in range(5):
+            await runtime.spawn(lambda: WorkerAgent(SIM), actor_id=f"w{i}", roles=("worker",))
+        result = await JobClient(bus, team).run_job(
+            graph,
+            timeout=60,
+            architecture="decentralized",
+            scheduling=scheduling,  # type: ignore[arg-type]
+            lease_s=3.0,
+        )
+    assert result.status is JobStatus.DONE, result.error
+    assert result.figures is not None and result.figures.releases == 0
+    assert [r.attempts for r in result.subtasks] == [1] * 15
+    assert len({r.agent for r in result.subtasks}) > 1  # the team shared it

@@ -9,6 +9,7 @@ import pytest
 from lmteams.jobs._board import JobView
 from lmteams.jobs._graph import Subtask, TaskGraph
 from lmteams.jobs._messages import JobOptions, JobRecord, JobSpec, SubtaskState, SubtaskStatus
+from lmteams.jobs._participant import _staggered
 from lmteams.jobs._policy import BACKUP_AFTER, POLL_S, straggler, wake_in
 
 GRAPH = TaskGraph(name="wide", subtasks=tuple(Subtask(id=f"t{i}", title="T") for i in range(4)))
@@ -81,3 +82,14 @@ def test_an_overdue_claim_nobody_can_back_up_does_not_spin_the_driver() -> None:
     view = _view(_states(now, claimed_ago=(5.0, 6.0)), backups=True)
     assert wake_in(view) == POLL_S
     assert wake_in(None) == POLL_S
+
+
+def test_each_self_organizing_agent_tries_its_own_pick_first() -> None:
+    team = ("a", "b", "c")
+    ready = [7, 3, 9, 1]
+    picks = [_staggered(ready, team, name)[0] for name in team]
+    assert picks == [7, 3, 9]  # the team's first three tries are the three best, no race
+    assert sorted(_staggered(ready, team, "c")) == sorted(ready)  # nothing dropped
+    assert _staggered(ready, team, "stranger") == ready
+    assert _staggered([5], team, "c") == [5]
+    assert _staggered([4, 2], team, "c") == [4, 2]  # more agents than subtasks: wrap around

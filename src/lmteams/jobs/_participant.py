@@ -77,13 +77,30 @@ def _valid_assign(a: Assign) -> bool:
     return a.index >= 0 and a.max_tokens > 0 and a.lease_s > 0
 
 
-def _lost(state: SubtaskState, attempt: _Attempt) -> str:
-    """Why ``attempt`` no longer counts, from its subtask's state; "" while it still does."""
+def _lost(state: SubtaskState, revision: int, attempt: _Attempt) -> str:
+    """Why ``attempt`` no longer counts, from its subtask's state at ``revision``; "" while
+    it still does, or while that state is from before the attempt's claim (a watched view
+    lags the agent's own write: judged on it, every fresh claim would look lapsed and be
+    dropped, its lease then running out with nobody working on it)."""
+    if revision <= attempt.claim_rev:  # the claim was written from this revision, so later
+        return ""
     if state.claim_rev != attempt.claim_rev or state.status is SubtaskStatus.PENDING:
         return "lease lapsed"  # released, maybe claimed again: this copy is fenced
     if state.status is SubtaskStatus.DONE and state.agent != attempt.agent:
         return "another copy won"
     return ""
+
+
+def _staggered(ready: list[int], participants: tuple[str, ...], name: str) -> list[int]:
+    """``ready`` (best first) with this agent's own pick first: the k-th participant starts
+    at the k-th best. All agents see the same view and the same order, so without it every
+    one of them races for the best subtask, then the second: the k-th agent loses k
+    compare-and-sets (a round trip each) before it works, and claims queue up behind each
+    other. Staggered, the team's first n picks are still the n best, taken at once."""
+    if name not in participants or len(ready) < 2:
+        return ready
+    k = participants.index(name) % min(len(ready), len(participants))
+    return [ready[k], *ready[:k], *ready[k + 1 :]]
 
 
 class Participant:
@@ -309,11 +326,13 @@ class _SelfOrganizing:
         mine = p.current if p.current and p.current.job_id == self.job_id else None
         if await job_over(p.board, p.agent.context.bus, view):
             if mine:
-                mine.withdraw(_lost(view.states[mine.index], mine) or "job ended")
+                mine.withdraw(
+                    _lost(view.states[mine.index], view.revisions[mine.index], mine) or "job ended"
+                )
             return False
         await self._expire(view)
         if mine:
-            reason = _lost(view.states[mine.index], mine)
+            reason = _lost(view.states[mine.index], view.revisions[mine.index], mine)
             if reason:
                 mine.withdraw(reason)
             return True
@@ -362,24 +381,31 @@ class _SelfOrganizing:
 
     async def _claim(self, view: JobView, ready: list[int], tg: TaskGroup) -> None:
         p = self.p
-        order = ready
         if view.record.spec.options.choose == "model":
             order = await self._ask_model(view, ready)
-        for i in order:
-            claimed = await p.board.claim(
-                self.job_id,
-                i,
-                view.revisions[i],
-                p.name,
-                round=view.record.round,
-                seen=view.states[i],
-            )
-            if claimed is None:
-                await p.ledger.add(self.job_id, conflicts=1)
-                continue
-            await p.ledger.add(self.job_id, claims=1)
-            self._start(view, i, claimed[0].claim_rev, tg, backup=False)
-            return
+        else:
+            order = _staggered(ready, view.record.participants, p.name)
+        conflicts = 0
+        try:
+            for i in order:
+                claimed = await p.board.claim(
+                    self.job_id,
+                    i,
+                    view.revisions[i],
+                    p.name,
+                    round=view.record.round,
+                    seen=view.states[i],
+                )
+                if claimed is None:
+                    conflicts += 1
+                    continue
+                await p.ledger.add(self.job_id, claims=1, conflicts=conflicts)
+                conflicts = 0
+                self._start(view, i, claimed[0].claim_rev, tg, backup=False)
+                return
+        finally:
+            if conflicts:
+                await p.ledger.add(self.job_id, conflicts=conflicts)
 
     async def _ask_model(self, view: JobView, ready: list[int]) -> list[int]:
         """Let the agent's model pick what to claim from the board; its choice goes first."""
@@ -451,7 +477,7 @@ class _SelfOrganizing:
 
     async def _why_lost(self, attempt: _Attempt) -> str:
         found = await self.p.board.state(self.job_id, attempt.index)
-        return (_lost(found[0], attempt) if found else "") or "lease lapsed"
+        return (_lost(*found, attempt) if found else "") or "lease lapsed"
 
     async def _settle(self, attempt: _Attempt, outcome: AttemptOutcome, prompt: str) -> None:
         p = self.p
