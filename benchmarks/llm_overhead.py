@@ -17,7 +17,16 @@ reproducible), so a team that shares system prompts does not re-evaluate them.
 - ``llm_tokens_per_s_through_agent`` (target >= 0.95): against bare with its prefix cache.
 - ``..._vs_bare_cache_reset`` (informational): bare resets its cache before every call.
 
+``--openai``: the same through an OpenAI-compatible server instead (llama-cpp-python's own
+``llama_cpp.server``, started here on loopback with the same model and threads). Bare: the
+``openai`` SDK streaming each prompt from that server, as a user's client would. Through
+lmteams: a task on the bus answered by a worker agent on the ``openai`` backend (which
+streams too). Both count output tokens the same way (this server sends no streamed usage:
+one content chunk is one token) over the client's wall-clock; trials interleaved, medians.
+- ``llm_tokens_per_s_through_agent_openai`` (target >= 0.95): agent over the bare client.
+
 Run: .venv/bin/python benchmarks/llm_overhead.py [--quick] [--threads N] [--max-tokens N]
+     [--openai]
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ import argparse
 import statistics
 import sys
 import time
+from collections.abc import Awaitable
 from pathlib import Path
 
 import anyio
@@ -35,6 +45,7 @@ from _common import emit, figure, quiet_logs
 from lmteams.agents import TeamClient, WorkerAgent, WorkerConfig, open_runtime
 from lmteams.bus import Subjects, ensure_team_streams, open_bus
 from lmteams.hardware import BackendConfig, LlamaBackend, resolve_model
+from lmteams.testing import llama_server
 
 TOPICS = (
     "a robot who learns to paint", "a lighthouse keeper", "a fox in the city",
@@ -48,6 +59,15 @@ def reused_tokens(agents: list[WorkerAgent]) -> int:
     """Prompt tokens the agent's backend took from its prefix cache (proof that it did)."""
     backends = [a.backend for a in agents if isinstance(a.backend, LlamaBackend)]
     return backends[-1].statistics().tokens_reused if backends else -1
+
+
+async def task_rate(client: TeamClient, prompt: str, max_tokens: int) -> float:
+    """Output tokens/s of one task through the team, over the client's wall-clock."""
+    start = time.perf_counter()
+    result = await client.submit(prompt, max_tokens=max_tokens, timeout=300)
+    seconds = time.perf_counter() - start
+    assert result.ok, result.error
+    return result.tokens_out / seconds
 
 
 def prompts() -> list[str]:
@@ -105,12 +125,8 @@ async def main(quick: bool, threads: int, max_tokens: int) -> None:
         await runtime.spawn(make_agent, actor_id="agent")
         client = TeamClient(bus, "llm")
 
-        async def agent_rate(prompt: str) -> float:
-            start = time.perf_counter()
-            result = await client.submit(prompt, max_tokens=max_tokens, timeout=300)
-            seconds = time.perf_counter() - start
-            assert result.ok, result.error
-            return result.tokens_out / seconds
+        def agent_rate(prompt: str) -> Awaitable[float]:
+            return task_rate(client, prompt, max_tokens)
 
         warm = "Write a short story about a warm-up."  # page cache, first-call allocations
         await bare_rate(warm, reset=True)
@@ -145,10 +161,73 @@ async def main(quick: bool, threads: int, max_tokens: int) -> None:
     )
 
 
+async def main_openai(quick: bool, threads: int, max_tokens: int) -> None:
+    """The ``--openai`` mode: agent on the openai backend vs a bare SDK client, one server."""
+    import importlib.metadata
+
+    from openai import AsyncOpenAI  # the baseline: the official SDK, streaming
+
+    quiet_logs()
+    path = resolve_model("smollm2-135m").path
+    trials = 3 if quick else 9
+    with llama_server(path, threads=threads) as url:
+        sdk = AsyncOpenAI(base_url=url, api_key="unused", max_retries=0)
+
+        async def bare_rate(prompt: str) -> float:
+            start = time.perf_counter()
+            tokens = 0
+            stream = await sdk.chat.completions.create(
+                model="smollm2",
+                messages=[{"role": "user", "content": prompt}],
+                max_tokens=max_tokens,
+                temperature=0.0,
+                stream=True,
+            )
+            async with stream:
+                async for chunk in stream:
+                    tokens += bool(chunk.choices and chunk.choices[0].delta.content)
+            return tokens / (time.perf_counter() - start)
+
+        backend = BackendConfig(kind="openai", base_url=url, model="smollm2")
+        async with open_bus(name="bench") as bus, open_runtime(bus, "llm") as runtime:
+            await ensure_team_streams(bus, Subjects("llm"))
+            await runtime.spawn(
+                lambda: WorkerAgent(WorkerConfig(backend=backend)), actor_id="agent"
+            )
+            client = TeamClient(bus, "llm")
+
+            def agent_rate(prompt: str) -> Awaitable[float]:
+                return task_rate(client, prompt, max_tokens)
+
+            warm = "Write a short story about a warm-up."
+            await bare_rate(warm)
+            await agent_rate(warm)
+            ours: list[float] = []
+            bare: list[float] = []
+            for i, prompt in zip(range(trials), prompts() * 2, strict=False):
+                runs = [(ours, agent_rate), (bare, bare_rate)]
+                for sink, run in runs[i % 2 :] + runs[: i % 2]:  # alternate who goes first
+                    sink.append(await run(prompt))
+        await sdk.close()
+    common = {"unit": "tokens/s", "threads": threads, "max_tokens": max_tokens, "trials": trials}
+    figures = [
+        figure("llm_tokens_per_s_through_agent_openai", statistics.median(ours),
+               statistics.median(bare), 0.95,
+               baseline_kind="bare openai SDK client streaming from the same server",
+               server="llama_cpp.server (llama-cpp-python), loopback",
+               openai_sdk=importlib.metadata.version("openai"), **common),
+    ]  # fmt: skip
+    emit(figures, benchmark="llm_overhead", mode="openai",
+         model="smollm2-135m (SmolLM2-135M-Instruct Q4_1)")  # fmt: skip
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer trials")
     parser.add_argument("--threads", type=int, default=1, help="llama.cpp threads (both sides)")
     parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument(
+        "--openai", action="store_true", help="through an OpenAI-compatible server instead"
+    )
     args = parser.parse_args()
-    anyio.run(main, args.quick, args.threads, args.max_tokens)
+    anyio.run(main_openai if args.openai else main, args.quick, args.threads, args.max_tokens)

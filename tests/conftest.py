@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import structlog
 
 from lmteams.bus import Bus, EmbeddedServer, LocalCluster, open_bus, run_cluster, run_server
-from lmteams.testing import capture_logs
+from lmteams.testing import Secured, capture_logs, secured_team
 
 
 @pytest.fixture(autouse=True)
@@ -48,3 +49,11 @@ async def bus(nats_server: EmbeddedServer) -> AsyncIterator[Bus]:
 async def cluster3() -> AsyncIterator[LocalCluster]:
     async with run_cluster(3) as cluster:
         yield cluster
+
+
+@pytest.fixture
+async def secured(tmp_path: Path) -> AsyncIterator[Secured]:
+    """A secured bus of team ``sec`` (agents a1 and a2, clients client and eve), provisioned."""
+    creds = tmp_path / "creds"
+    async with secured_team(creds, "sec", ["a1", "a2"], clients=("client", "eve")) as team:
+        yield team

@@ -17,10 +17,12 @@ PACKAGES = [
     "lmteams.consensus",
     "lmteams.gossip",
     "lmteams.hardware",
+    "lmteams.interop",
     "lmteams.study",
     "lmteams.errors",
     "lmteams.testing",
     "lmteams.logging",
+    "lmteams.tracing",
 ]
 
 

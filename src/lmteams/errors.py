@@ -31,6 +31,7 @@ __all__ = (
     "ModelVerificationError",
     "DeviceUnavailableError",
     "BackendError",
+    "BackendUnavailableError",
     "GraphError",
 )
 
@@ -151,6 +152,14 @@ class DeviceUnavailableError(HardwareError):
 
 class BackendError(HardwareError):
     """The backend failed while generating (out of memory, context overflow, ...)."""
+
+
+class BackendUnavailableError(BackendError):
+    """The backend's server could not be reached or refused for now (connection, 5xx, timeout).
+
+    Unlike its parent, the same request may succeed later or on another agent, so a worker
+    hands the task back for another try instead of ending it with an error result.
+    """
 
 
 # --- study -----------------------------------------------------------------------------------

@@ -13,9 +13,19 @@ from typing import Any, TextIO
 
 import structlog
 
-__all__ = ("configure", "redact")
+from lmteams import tracing
+
+__all__ = ("configure", "redact", "span_ids")
 
 _SECRET_KEYS = frozenset({"password", "token", "nkey_seed", "seed", "creds", "secret"})
+
+
+def span_ids(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """With tracing on, the OpenTelemetry trace and span of the line (find its spans by them)."""
+    ids = tracing.ids()
+    if ids is not None:
+        event_dict["otel_trace_id"], event_dict["otel_span_id"] = ids
+    return event_dict
 
 
 def redact(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
@@ -53,6 +63,7 @@ def configure(*, json: bool = False, level: str = "info", stream: TextIO | None 
     out: Any = stream if stream is not None else _CurrentStderr()
     processors: list[Any] = [
         structlog.contextvars.merge_contextvars,
+        span_ids,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         redact,

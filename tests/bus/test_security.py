@@ -6,7 +6,6 @@ nats-py calls, and the team's state is read back with the operator's credential.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import io
 import os
@@ -16,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import anyio
@@ -52,7 +51,6 @@ from lmteams.bus import (
     ServerConfig,
     SubjectKind,
     Subjects,
-    TeamSecurity,
     free_port,
     inbox_prefix,
     load_security,
@@ -75,38 +73,12 @@ from lmteams.errors import (
 from lmteams.gossip import SwimConfig, open_membership
 from lmteams.hardware import BackendConfig
 from lmteams.logging import configure
-from lmteams.testing import wait_until
+from lmteams.testing import Secured, wait_until
 
-TEAM = "sec"
+TEAM = "sec"  # the `secured` fixture's team (tests/conftest.py)
 SIM = WorkerConfig(
     backend=BackendConfig(kind="sim", sim_device="h100-cuda"), fetch_timeout_s=0.2, heartbeat_s=0.5
 )
-
-
-class Secured(msgspec.Struct, kw_only=True):
-    server: EmbeddedServer
-    security: TeamSecurity
-    files: dict[str, Path]
-
-    def seed(self, name: str) -> str:
-        return str(self.files[name])
-
-
-@pytest.fixture
-async def secured(tmp_path: Path) -> AsyncIterator[Secured]:
-    """A secured team bus whose streams, consumer and buckets the operator has made."""
-    security = team_security(TEAM, ["a1", "a2"], clients=("client", "eve"))
-    files = write_credentials(security, tmp_path / "creds")
-    async with run_server(ServerConfig(extra=security.server_config())) as server:
-        async with open_bus(server.url, name="admin", nkey_seed=str(files["admin"])) as admin:
-            await provision_team(admin, Subjects(TEAM))
-        yield Secured(server=server, security=security, files=files)
-
-
-@contextlib.asynccontextmanager
-async def as_user(secured: Secured, name: str) -> AsyncIterator[Bus]:
-    async with open_bus(secured.server.url, name=name, nkey_seed=secured.seed(name)) as bus:
-        yield bus
 
 
 def test_credential_files_are_private(tmp_path: Path) -> None:
@@ -154,7 +126,9 @@ def test_permissions_follow_the_subject_tree() -> None:
         assert not [a for a in allowed if "STREAM.CREATE" in a or "DURABLE" in a]
         assert "$JS.API.STREAM.UPDATE.>" in perms["publish"]["deny"]
         own = f"{inbox_prefix(security.credential(name).identity)}.>"
-        assert [a for a in perms["subscribe"]["allow"] if a.startswith("_INBOX")] == [own]
+        # a client also reads the protocol caller SDK's fixed reply prefix (its answers only)
+        sdk = ["_INBOX.agents.>"] if name == "client" else []
+        assert [a for a in perms["subscribe"]["allow"] if a.startswith("_INBOX")] == [own, *sdk]
 
 
 def test_message_ids_are_fork_safe() -> None:
@@ -253,7 +227,7 @@ async def test_no_member_may_change_or_delete_streams_or_consumers(
     secured: Secured, who: str
 ) -> None:
     s = Subjects(TEAM)
-    async with as_user(secured, "admin") as admin, as_user(secured, who) as member:
+    async with secured.connect("admin") as admin, secured.connect(who) as member:
         await admin.nc.jetstream().publish(s.results("q1"), b'{"type":"result"}')
         before = await admin.js.stream_info(s.results_stream)
         jsm = member.nc.jsm(timeout=1.0)
@@ -280,7 +254,7 @@ async def test_each_identity_reads_only_its_own_inbox(secured: Secured) -> None:
     """eve may not listen where task bodies travel: the shared inbox, another identity's
     prefix, the tasks subject, agents' inboxes or roles, or everything."""
     a1_prefix = inbox_prefix(secured.security.credential("a1").identity)
-    async with as_user(secured, "eve") as eve:
+    async with secured.connect("eve") as eve:
         eve_id = secured.security.credential("eve").identity
         assert bytes(eve.nc._inbox_prefix).decode() == inbox_prefix(eve_id)
         seen: list[Msg] = []
@@ -306,9 +280,9 @@ async def test_a_client_never_sees_another_clients_task_bodies(secured: Secured)
     snooped: dict[str, list[bytes]] = {"eve": [], "admin": []}
     listens = ["_INBOX.>", f"{a1_prefix}.>", s.tasks, s.all(SubjectKind.AGENT), ">"]
     async with (
-        as_user(secured, "admin") as admin,
-        as_user(secured, "eve") as eve,
-        as_user(secured, "a1") as agent_bus,
+        secured.connect("admin") as admin,
+        secured.connect("eve") as eve,
+        secured.connect("a1") as agent_bus,
         open_runtime(agent_bus, TEAM) as runtime,
     ):
         for who, bus in (("eve", eve), ("admin", admin)):
@@ -321,7 +295,7 @@ async def test_a_client_never_sees_another_clients_task_bodies(secured: Secured)
         await eve.nc.flush()
         await wait_until(lambda: eve.statistics().permission_violations == len(listens))
         await runtime.spawn(lambda: WorkerAgent(SIM), actor_id="a1", roles=("worker",))
-        async with as_user(secured, "client") as client_bus:
+        async with secured.connect("client") as client_bus:
             result = await TeamClient(client_bus, TEAM).submit(secret, max_tokens=4, timeout=20)
         assert result.ok and result.agent == "a1"
         # eve can read the tasks stream no more than its subject (acked tasks are gone anyway)
@@ -335,7 +309,7 @@ async def test_a_client_never_sees_another_clients_task_bodies(secured: Secured)
 
 
 async def test_election_works_under_agent_permissions(secured: Secured) -> None:
-    async with as_user(secured, "a1") as b1, as_user(secured, "a2") as b2:
+    async with secured.connect("a1") as b1, secured.connect("a2") as b2:
         first = LeaderElection(b1, TEAM, candidate="a1", ttl_s=2.0)
         second = LeaderElection(b2, TEAM, candidate="a2", ttl_s=2.0)
         async with anyio.create_task_group() as tg:
@@ -355,7 +329,7 @@ async def test_election_works_under_agent_permissions(secured: Secured) -> None:
 async def test_claims_work_under_agent_permissions(secured: Secured) -> None:
     """Decentralized claims: create-if-absent on the team's claims bucket, one winner."""
     bucket = Subjects(TEAM).kv_bucket("claims")
-    async with as_user(secured, "a1") as b1, as_user(secured, "a2") as b2:
+    async with secured.connect("a1") as b1, secured.connect("a2") as b2:
         kv1, kv2 = await open_kv(b1, bucket), await open_kv(b2, bucket)
         outcomes: dict[str, int | str] = {}
 
@@ -395,12 +369,12 @@ async def test_a_key_binding_is_tied_to_the_agents_credential(secured: Secured) 
     """a1 binds its own name; the server refuses its writing a2's, or anyone's, binding."""
     keys = Subjects(TEAM).kv_bucket(KEYS_BUCKET)
     mine, forged = AgentIdentity().public_key, AgentIdentity().public_key
-    async with as_user(secured, "a1") as a1, as_user(secured, "admin") as admin:
+    async with secured.connect("a1") as a1, secured.connect("admin") as admin:
         raw = await a1.nc.jetstream(timeout=1.0).key_value(keys)
         assert await raw.create("a1", mine.encode()) > 0
         await _refused(a1, lambda: raw.create("a2", forged.encode()))
         await _refused(a1, lambda: raw.put("a2", forged.encode()))
-        async with as_user(secured, "client") as client:
+        async with secured.connect("client") as client:
             client_kv = await client.nc.jetstream(timeout=1.0).key_value(keys)
             await _refused(client, lambda: client_kv.put("a1", forged.encode()))
         assert (await (await open_kv(admin, keys)).get("a2")) is None
@@ -413,8 +387,8 @@ async def test_membership_works_under_agent_and_client_permissions(secured: Secu
     key = AgentIdentity().public_key
     fast = SwimConfig(period_s=0.1)
     async with (
-        as_user(secured, "a1") as agent_bus,
-        as_user(secured, "client") as client_bus,
+        secured.connect("a1") as agent_bus,
+        secured.connect("client") as client_bus,
         open_membership(agent_bus, TEAM, config=fast) as view,
         open_membership(client_bus, TEAM, config=fast) as observer,
     ):

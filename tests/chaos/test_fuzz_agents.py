@@ -21,13 +21,13 @@ from typing import Any
 import msgspec
 import pytest
 from hypothesis import strategies as st
-from test_hostile import DEEP_MARK, _encode, draw_examples, hostile_payloads, json_values
+from test_hostile import DEEP_MARK, _encode, hostile_payloads, json_values
 
 from lmteams.agents import Ping, Pong, Stop, TeamClient
 from lmteams.bus import Bus, Codec, EmbeddedServer, Subjects, open_bus
 from lmteams.errors import DecodeError
 from lmteams.gossip import observe_members, open_member
-from lmteams.testing import stop_processes, wait_until
+from lmteams.testing import draw_examples, stop_processes, wait_until
 
 TEAM = "fuzz"
 S = Subjects(TEAM)

@@ -16,7 +16,7 @@ import anyio
 import msgspec
 import nats.errors
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lmteams.agents import (
@@ -44,7 +44,7 @@ from lmteams.bus import (
 )
 from lmteams.errors import ConfigError, DecodeError, EncodeError
 from lmteams.hardware import BackendConfig
-from lmteams.testing import wait_until
+from lmteams.testing import draw_examples, wait_until
 
 TEAM = "hostile"
 S = Subjects(TEAM)
@@ -107,26 +107,6 @@ def hostile_payloads() -> st.SearchStrategy[tuple[bytes, bool]]:
         lambda vb: (_encode(vb[0], vb[1]), vb[1])
     )
     return st.one_of(st.tuples(st.binary(max_size=512), st.booleans()), encoded)
-
-
-def draw_examples(strategy: st.SearchStrategy[Any], n: int) -> list[Any]:
-    """n examples from a strategy, the same on every run (for tests against a live server)."""
-    out: list[Any] = []
-
-    @settings(
-        max_examples=n,
-        database=None,
-        derandomize=True,
-        phases=[Phase.generate],
-        suppress_health_check=list(HealthCheck),
-        deadline=None,
-    )
-    @given(strategy)
-    def collect(example: Any) -> None:
-        out.append(example)
-
-    collect()
-    return out
 
 
 def _headers(as_json: bool) -> dict[str, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -59,10 +60,23 @@ def team_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture
 async def team(model_path: str, team_home: Path) -> AsyncIterator[Team]:
     """`lmteams up --agents 2` on a free port; waits until both agents have joined."""
+    async with _up(model_path, team_home, 2, "--threads", "1") as running:
+        yield running
+
+
+@pytest.fixture
+async def shared_team(model_path: str, team_home: Path) -> AsyncIterator[Team]:
+    """`lmteams up --agents 3 --shared-model`: three agents in one process, one model."""
+    async with _up(model_path, team_home, 3, "--shared-model") as running:
+        yield running
+
+
+@contextlib.asynccontextmanager
+async def _up(model_path: str, team_home: Path, n: int, *options: str) -> AsyncIterator[Team]:
     port = free_port()
     argv = [
-        sys.executable, "-m", "lmteams", "up", "--agents", "2", "--team", TEAM,
-        "--port", str(port), "--model", model_path, "--threads", "1", "--ack-wait", "3",
+        sys.executable, "-m", "lmteams", "up", "--agents", str(n), "--team", TEAM,
+        "--port", str(port), "--model", model_path, "--ack-wait", "3", *options,
     ]  # fmt: skip
     proc = subprocess.Popen(
         argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ)
@@ -77,7 +91,7 @@ async def team(model_path: str, team_home: Path) -> AsyncIterator[Team]:
         # the view's task group must end in this task, not in the fixture's teardown
         async with open_bus(url, name="e2e-watch") as watch, open_membership(watch, TEAM) as view:
             with anyio.fail_after(90):
-                while len(agents) < 2:
+                while len(agents) < n:
                     for info in view.members():
                         if info.live and info.facts.pid:
                             agents.setdefault(info.name, info.facts)

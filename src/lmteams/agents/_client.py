@@ -15,6 +15,7 @@ from typing import TypedDict, TypeVar, Unpack
 
 import anyio
 
+from lmteams import tracing
 from lmteams.agents._messages import Progress, Result, Task
 from lmteams.agents._state import read_state
 from lmteams.agents._tasks import TaskOptions, check_task, new_task
@@ -64,6 +65,7 @@ class TeamClient:
     def __init__(self, bus: Bus, team: str) -> None:
         self.bus = bus
         self.subjects = Subjects(team)
+        tracing.configure(bus.name)  # on only where the environment asks (lmteams.tracing)
 
     async def submit(
         self,
@@ -83,9 +85,12 @@ class TeamClient:
 
     async def run(self, task: Task, *, timeout: float = 300.0) -> Result:
         """Publish a prepared task and wait for its one result."""
-        async with self._awaiting(task.id) as wait:
-            await self.publish(task)
-            return await wait(timeout)
+        attributes = {"lmteams.team": self.subjects.team, "lmteams.task": task.id}
+        attributes["lmteams.strategy"] = task.strategy
+        with tracing.span("lmteams.task run", kind="client", attributes=attributes):
+            async with self._awaiting(task.id) as wait:
+                await self.publish(task)
+                return await wait(timeout)
 
     async def publish(self, task: Task) -> str:
         """Put a task on the team's queue without waiting; returns its id.
@@ -93,9 +98,13 @@ class TeamClient:
         Invalid tasks are refused here (``ConfigError``) rather than dead-lettered later.
         """
         check_task(task)
-        await publish_durable(
-            self.bus, self.subjects.tasks, task, msg_id=task.id, sender=self.bus.name
-        )
+        attributes = {"lmteams.team": self.subjects.team, "lmteams.task": task.id}
+        attributes |= {"lmteams.strategy": task.strategy, "messaging.system": "nats"}
+        attributes["messaging.destination.name"] = self.subjects.tasks
+        with tracing.span("send lmteams.task", kind="producer", attributes=attributes):
+            await publish_durable(
+                self.bus, self.subjects.tasks, task, msg_id=task.id, sender=self.bus.name
+            )
         return task.id
 
     async def wait(self, task_id: str, *, timeout: float = 300.0) -> Result:

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
+from lmteams import tracing
 from lmteams.agents._messages import Result, Task
 from lmteams.agents._results import result_of
 from lmteams.agents._strategy import get_strategy, registered_strategies
@@ -29,7 +30,11 @@ async def coordinate(agent: WorkerAgent, task: Task, delivery: Delivery, started
             "`lmteams` command or import lmteams.consensus",
         )
         return result_of(task, ctx.actor_id, delivery, started, error=missing)
-    outcome = await strategy.run(agent.strategy_context(), task)
+    attributes = {"lmteams.team": ctx.subjects.team, "lmteams.agent": ctx.actor_id}
+    attributes |= {"lmteams.task": task.id, "lmteams.strategy": task.strategy}
+    with tracing.span(f"coordinate {task.strategy}", attributes=attributes) as traced:
+        outcome = await strategy.run(agent.strategy_context(), task)
+        traced.set({"lmteams.rounds": outcome.rounds, "lmteams.messages": outcome.messages})
     error = (outcome.error_kind, outcome.error)
     base = result_of(task, ctx.actor_id, delivery, started, error=error)
     return msgspec.structs.replace(

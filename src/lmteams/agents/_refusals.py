@@ -119,6 +119,7 @@ class Refusals:
         """Count, log, dead-letter and tell the submitter's inbox (``Lmt-Reply-To``) why."""
         ctx = self._agent.context
         self._agent.refused += kind != "duplicate"
+        self._agent.metrics.refused(kind)
         ctx.log.warning("task.refused", kind=kind, reason=reason, task_id=task_id)
         await dead_letter(ctx.bus, ctx.subjects, delivery.raw, kind, reason)
         inbox = reply_address(delivery.headers)

@@ -22,9 +22,11 @@ import structlog
 from anyio.abc import TaskGroup, TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from lmteams import tracing
 from lmteams.agents._actor import Actor
 from lmteams.agents._identity import AgentIdentity
 from lmteams.agents._membership import LocalMembership, Membership
+from lmteams.agents._metrics import RuntimeMetrics
 from lmteams.agents._ref import ActorRef
 from lmteams.bus import (
     Backoff,
@@ -358,9 +360,14 @@ class _Cell:
         tokens = structlog.contextvars.bind_contextvars(
             agent_id=self.actor_id, task_id=task_id, trace_id=incoming.trace
         )
+        headers = incoming.msg.headers
+        traced = tracing.continued(
+            headers, body, agent=self.actor_id, task=str(task_id or ""), reply=bool(incoming.reply)
+        )
         try:
             try:
-                reply = await actor.dispatch(body)
+                with traced:
+                    reply = await actor.dispatch(body)
             except Exception as exc:
                 self.errors += 1
                 self._log.warning("actor.handler_error", error=f"{type(exc).__name__}: {exc}")
@@ -422,6 +429,7 @@ class _Cell:
 
     async def _on_decode_error(self, msg: RawMsg, err: DecodeError) -> None:
         self.errors += 1
+        self.runtime.metrics.agent(self.actor_id).dead_letter("decode")
         await dead_letter(
             self.runtime.bus,
             self.runtime.subjects,
@@ -451,6 +459,7 @@ class Runtime:
         self.identities: IdentitySource = identities or (lambda _actor_id: AgentIdentity())
         self._tg = tg
         self._cells: dict[str, _Cell] = {}
+        self.metrics = RuntimeMetrics(self)  # its own registry: `serve_metrics` exposes it
 
     async def spawn(
         self,
@@ -524,6 +533,7 @@ async def open_runtime(
     ``worker_services`` run inside every worker agent for as long as it serves (team jobs:
     ``lmteams.jobs.job_service``), so a layer above can give workers new duties.
     """
+    tracing.configure(f"lmteams-{team}")  # on only where the environment asks (lmteams.tracing)
     async with anyio.create_task_group() as tg:
         runtime = Runtime(
             bus,

@@ -18,6 +18,7 @@ from typing import Protocol
 
 import msgspec
 
+from lmteams import tracing
 from lmteams.agents._identity import AgentIdentity
 from lmteams.agents._membership import Membership
 from lmteams.agents._messages import AgentAnswer, Answer, Prompt, Task
@@ -74,9 +75,14 @@ class StrategyContext:
     async def ask(self, agent: str, prompt: Prompt) -> Answer:
         """One agent's answer to a prompt (this agent included: its mailbox is free)."""
         ref = ActorRef(self.bus, self.subjects, agent)
-        return await ref.ask(
-            prompt, expect=Answer, timeout=self.ask_timeout_s, sender=self.agent_id
-        )
+        attributes: dict[str, tracing.AttributeValue] = {"lmteams.team": self.subjects.team}
+        attributes["lmteams.agent"] = self.agent_id
+        attributes |= {"lmteams.task": prompt.task_id, "lmteams.round": prompt.round}
+        attributes["lmteams.peer"] = agent
+        with tracing.span(f"ask {agent}", kind="client", attributes=attributes):
+            return await ref.ask(
+                prompt, expect=Answer, timeout=self.ask_timeout_s, sender=self.agent_id
+            )
 
 
 class Strategy(Protocol):

@@ -59,6 +59,9 @@ class SupervisorConfig(msgspec.Struct, frozen=True, kw_only=True):
     replicas: int = 1  # JetStream replicas of the team's streams (3 on a 3-node cluster)
     creds_dir: str | None = None  # from `lmteams bus up --secure`: agent-N.nk per agent
     tls_ca: str | None = None  # CA bundle of a TLS bus
+    shared_model: bool = False  # one process hosts every agent on one shared, batched model
+    metrics_port: int = 0  # agent process i (0-based) serves Prometheus metrics on port + i
+    metrics_host: str = "127.0.0.1"
 
 
 class AgentProcessInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -92,12 +95,25 @@ class Supervisor:
         return [f"agent-{i + 1}" for i in range(self.config.agents)]
 
     def threads_per_agent(self) -> int:
+        """Threads of each model: the cores shared out among the agents, or all of them for
+        the one shared model, which decodes every agent's sequence in one batch."""
         if self.config.threads:
             return self.config.threads
+        if self._one_process:
+            return os.cpu_count() or 1
         return max(1, (os.cpu_count() or 1) // max(1, self.config.agents))
+
+    @property
+    def _one_process(self) -> bool:
+        return self.config.shared_model and self.config.agents > 1
+
+    def _process_names(self) -> list[str]:
+        """One process per agent; with a shared model one, ``agent``, hosting agent-1..N."""
+        return ["agent"] if self._one_process else self.agent_names()
 
     def argv(self, name: str, model: str) -> list[str]:
         c = self.config
+        shared = ["--agents", str(c.agents), "--shared-model"] if self._one_process else []
         return [
             sys.executable, "-m", "lmteams", "agent", "start",
             "--team", c.team, "--name", name, "--nats", self.url,
@@ -105,8 +121,19 @@ class Supervisor:
             "--threads", str(self.threads_per_agent()),
             "--ack-wait", str(c.ack_wait_s), "--drain-timeout", str(c.drain_timeout_s),
             "--replicas", str(c.replicas), "--json-logs",
-            *self.auth_argv(name),
+            *shared, *self.auth_argv(name), *self.metrics_argv(name),
         ]  # fmt: skip
+
+    def metrics_port(self, name: str) -> int:
+        """The port agent process ``name`` serves its metrics on (0: none)."""
+        port = self.config.metrics_port
+        return port + self._process_names().index(name) if port else 0
+
+    def metrics_argv(self, name: str) -> list[str]:
+        port = self.metrics_port(name)
+        if not port:
+            return []
+        return ["--metrics-port", str(port), "--metrics-host", self.config.metrics_host]
 
     def auth_argv(self, name: str) -> list[str]:
         """Paths to the agent's own credentials, never a secret on the command line."""
@@ -120,6 +147,11 @@ class Supervisor:
 
     async def start_agents(self, model: str) -> None:
         """Start every agent process; ``model`` is a resolved path or catalogue name."""
+        if self.config.creds_dir and self.config.shared_model:
+            raise ConfigError(
+                "a shared model puts every agent in one process on one bus credential, which "
+                "the secured bus's per-agent permissions cannot tell apart: drop --shared-model"
+            )
         if self.config.creds_dir:
             missing = [
                 n
@@ -132,7 +164,7 @@ class Supervisor:
                     f"generate them with `lmteams bus up --secure --agents {self.config.agents}`"
                 )
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        for name in self.agent_names():
+        for name in self._process_names():
             child = _Child(name, self.log_dir / f"{name}.log")
             self._children[name] = child
             self._tg.start_soon(self._keep_alive, child, model)

@@ -17,6 +17,7 @@ import anyio
 import msgspec
 import structlog
 
+from lmteams import tracing
 from lmteams.agents._coordinate import coordinate
 from lmteams.agents._messages import Progress, Result, Stage, Task
 from lmteams.agents._refusals import Refusals
@@ -24,7 +25,13 @@ from lmteams.agents._results import TASKS, request_of, result_of
 from lmteams.agents._runtime import unwrap_group
 from lmteams.agents._tasks import salvage_task_id, task_problem
 from lmteams.bus import Delivery, is_json, last_message, validate_token
-from lmteams.errors import BusError, ConfigError, DecodeError, HardwareError
+from lmteams.errors import (
+    BackendUnavailableError,
+    BusError,
+    ConfigError,
+    DecodeError,
+    HardwareError,
+)
 from lmteams.hardware import GenerateRequest, prompt_fit
 
 if TYPE_CHECKING:
@@ -58,6 +65,7 @@ class TaskPath:
         ctx = agent.context
         json = is_json(delivery.headers)
         limit = agent.config.queue.max_deliveries
+        agent.metrics.delivered(delivery.deliveries)
         if delivery.deliveries > limit:  # every earlier try ended unsettled: a crash or a hang
             await refuse.poison(delivery, f"no try settled it in {limit} deliveries")
             return
@@ -91,8 +99,17 @@ class TaskPath:
                 await refuse.task(delivery, task.id, kind, problem, json)
                 return
             agent.in_flight += 1
+            attributes: dict[str, tracing.AttributeValue] = {"lmteams.team": ctx.subjects.team}
+            attributes["lmteams.agent"] = ctx.actor_id
+            attributes |= {"lmteams.task": task.id, "lmteams.strategy": task.strategy}
+            attributes |= {"messaging.system": "nats", "lmteams.deliveries": delivery.deliveries}
+            traced = tracing.span(
+                "process lmteams.task", kind="consumer", parent=delivery.headers,
+                attributes=attributes,
+            )  # fmt: skip
             try:
-                await self._answer(delivery, task, request, json)
+                with traced:
+                    await self._answer(delivery, task, request, json)
             except anyio.get_cancelled_exc_class():
                 if not delivery.settled:  # cancelled mid-task (drain timeout): hand it back
                     with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
@@ -118,13 +135,18 @@ class TaskPath:
             return
         await delivery.ack()
         self._agent.served += 1
+        self._agent.metrics.answered(result)
         await self._progress(task.id, Stage.DONE if result.ok else Stage.FAILED)
         ctx.log.info("task.done", ok=result.ok, tokens=result.tokens_out, seconds=result.total_s)
 
     async def _run(
         self, task: Task, request: GenerateRequest, delivery: Delivery, started: float
     ) -> Result:
-        """The task's result; a backend failure or the task timeout is a result too."""
+        """The task's result; a backend failure or the task timeout is a result too.
+
+        Except an unavailable backend (its server down or overloaded): the task is not at
+        fault, so the try raises and is handed back, for a later try or another agent.
+        """
         agent = self._agent
         me = agent.context.actor_id
         try:
@@ -133,6 +155,8 @@ class TaskPath:
                     return await coordinate(agent, task, delivery, started)
                 completion = await agent._generate(request)
                 return result_of(task, me, delivery, started, completion=completion)
+        except BackendUnavailableError:
+            raise
         except (HardwareError, TimeoutError) as err:
             kind = "timeout" if isinstance(err, TimeoutError) else "backend"
             agent.context.log.warning("task.failed", kind=kind, error=str(err))

@@ -16,8 +16,10 @@ import anyio
 import msgspec
 
 from lmteams.agents._actor import Actor, handler
+from lmteams.agents._genai import traced_generate
 from lmteams.agents._identity import AgentIdentity
 from lmteams.agents._messages import Answer, Ping, Pong, Prompt
+from lmteams.agents._metrics import AgentMeter
 from lmteams.agents._presence import Presence
 from lmteams.agents._prompts import DirectPrompts
 from lmteams.agents._strategy import StrategyContext
@@ -97,6 +99,7 @@ class WorkerAgent(Actor):
 
     async def on_start(self) -> None:
         ctx = self.context
+        ctx.runtime.metrics.agent(ctx.actor_id)  # its series are scraped, at 0, from the start
         self.backend = await self._stack.enter_async_context(self.open_backend())
         # the operator made them on a secured bus; a member only finds them (STREAM.INFO)
         await ensure_team_streams(ctx.bus, ctx.subjects, self.config.streams, update=False)
@@ -149,6 +152,11 @@ class WorkerAgent(Actor):
     async def on_ping(self, msg: Ping) -> Pong:
         return self._presence.pong()
 
+    @property
+    def metrics(self) -> AgentMeter:
+        """This agent's Prometheus counters: its cell's, so they survive a restart."""
+        return self.context.runtime.metrics.agent(self.context.actor_id)
+
     # --- for worker services ---------------------------------------------------------------
     @property
     def draining(self) -> bool:
@@ -189,4 +197,6 @@ class WorkerAgent(Actor):
 
     async def _generate(self, request: GenerateRequest) -> Completion:
         assert self.backend is not None
-        return await self.backend.generate(request)
+        completion = await traced_generate(self.backend, request, self.context.actor_id)
+        self.metrics.generated(completion)
+        return completion

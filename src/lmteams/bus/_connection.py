@@ -23,6 +23,7 @@ import structlog
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription as NatsSubscription
 
+from lmteams import tracing
 from lmteams.bus._backoff import Backoff
 from lmteams.bus._codec import Codec, ErrorReply, encode, encode_json, type_tag
 from lmteams.bus._envelope import (
@@ -224,6 +225,9 @@ class Bus:
     ) -> dict[str, str]:
         """The envelope headers for one outgoing message (ticks the Lamport clock)."""
         headers = {H_ENVELOPE: self._envelope(body, sender, trace, msg_id)}
+        context = tracing.headers()  # W3C trace context of the current span, if tracing is on
+        if context is not None:
+            headers |= context
         if json:
             headers[H_CONTENT_TYPE] = JSON
         if msg_id:
@@ -268,7 +272,8 @@ class Bus:
         self._ensure_open()
         data = encode_json(body) if json else encode(body)
         self._check_size(subject, data)
-        if json or msg_id:
+        context = tracing.headers()
+        if json or msg_id or context is not None:
             headers = self.headers_for(body, sender=sender, trace=trace, msg_id=msg_id, json=json)
             await self.nc.publish(subject, data, reply=reply, headers=headers)
         else:  # the common case: the envelope is the only header
@@ -388,8 +393,12 @@ class Bus:
         self._requests += 1
         data = encode(body)
         self._check_size(subject, data)
+        context = tracing.headers()
+        headers = None if context is None else {H_ENVELOPE: envelope} | context
         try:
-            msg = await self.nc.fast_request(subject, data, timeout=timeout, envelope=envelope)
+            msg = await self.nc.fast_request(
+                subject, data, timeout=timeout, envelope=envelope, headers=headers
+            )
         except nats.errors.NoRespondersError:
             raise NoRespondersError(f"no agent is listening on {subject}") from None
         except nats.errors.TimeoutError:

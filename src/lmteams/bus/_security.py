@@ -30,6 +30,7 @@ from lmteams.bus._subjects import (
     KEYS_BUCKET,
     TASKS_CONSUMER,
     TEAM_BUCKETS,
+    ProtocolVerb,
     SubjectKind,
     Subjects,
     inbox_prefix,
@@ -224,6 +225,63 @@ def _own_inbox(identity: str) -> str:
     return f"{inbox_prefix(identity)}.>"
 
 
+# --- the Synadia Agent Protocol (lmteams.interop.protocol_service) ----------------------
+
+_MICRO_SERVICE = "agents"
+"""The NATS micro service name every protocol agent registers under."""
+
+STREAMED_REPLY_MAX = 100_000
+"""Replies an agent may send to one request it received (nats-server ``allow_responses.max``).
+
+A protocol prompt is answered by a stream on the caller's reply subject: an ack, keep-alive
+acks every 30 s, ``response`` chunks and an empty terminator; ``allow_responses: true`` means
+one reply within 2 minutes (nats-server's defaults), which cuts a stream after its ack. The
+server takes any positive count (negative means unlimited, 0 its default of 1): 100 000
+covers one chunk per token at 160 tokens/s for the whole of ``STREAMED_REPLY_TTL``, and keeps
+a bound on what one request can make an agent send back. nats-server has no per-subject
+response limit, so the same bound holds for the agent's replies to asks and SWIM probes.
+"""
+
+STREAMED_REPLY_TTL = "10m"
+"""How long after a request an agent may still reply to it (``allow_responses.expires``):
+the caller SDKs' longest wait for a whole answer (``DEFAULT_PROMPT_MAX_WAIT_S``, 600 s), past
+which no caller listens. nats-server takes a Go duration (negative: unlimited, 0: 2m)."""
+
+
+def _micro_discovery() -> list[str]:
+    """What nats-py's micro service subscribes to: ``$SRV.<verb>[.agents[.<instance>]]``.
+
+    Only the ``agents`` service's own subjects; answers go back as replies.
+    """
+    allow: list[str] = []
+    for verb in ("PING", "INFO", "STATS"):
+        allow += [
+            f"$SRV.{verb}",
+            f"$SRV.{verb}.{_MICRO_SERVICE}",
+            f"$SRV.{verb}.{_MICRO_SERVICE}.*",
+        ]
+    return allow
+
+
+def _discover_agents() -> list[str]:
+    """What a caller publishes to find protocol agents (``$SRV.PING/INFO.agents[.<id>]``)."""
+    return [
+        f"$SRV.{verb}.{_MICRO_SERVICE}{suffix}"
+        for verb in ("PING", "INFO")
+        for suffix in ("", ".*")
+    ]
+
+
+_CALLER_INBOX = "_INBOX.agents.>"
+"""Where the caller SDK takes every protocol reply (discovery answers, prompt streams). The
+SDK fixes this prefix for all its users, so it cannot be one identity's: a client holding it
+may read protocol answers meant for another caller (never prompts, never task bodies)."""
+
+_HEARTBEATS = "agents.hb.*.*.*"
+"""The caller SDK watches every protocol heartbeat before it discovers (protocol §8.5); a
+heartbeat is a public presence announcement by design."""
+
+
 def agent_permissions(subjects: Subjects, agent: str, *, identity: str = "") -> dict[str, Any]:
     """What agent ``agent`` may do: serve its inbox, roles and control; publish results.
 
@@ -233,6 +291,9 @@ def agent_permissions(subjects: Subjects, agent: str, *, identity: str = "") -> 
     its own reply prefix; replies to others' requests go through ``allow_responses``.
     """
     validate_token(agent, "agent name")
+    prompt, status = (
+        subjects.protocol(v, agent) for v in (ProtocolVerb.PROMPT, ProtocolVerb.STATUS)
+    )
     return {
         "publish": {
             "allow": [
@@ -248,6 +309,7 @@ def agent_permissions(subjects: Subjects, agent: str, *, identity: str = "") -> 
                 *_work_queue(subjects),
                 *_kv_buckets(subjects, agent),
                 *_jobs(subjects),
+                subjects.protocol(ProtocolVerb.HEARTBEAT, agent),  # its own heartbeats only
             ],
             "deny": [subjects.all(SubjectKind.CONTROL), subjects.job_requests, *_DESTRUCTIVE],
         },
@@ -262,9 +324,14 @@ def agent_permissions(subjects: Subjects, agent: str, *, identity: str = "") -> 
                 subjects.job_leases,  # the coordinator's: any agent may hold the lease
                 subjects.all(SubjectKind.VOTE),
                 _own_inbox(identity or agent),
+                prompt,  # a protocol agent serves its own prompt and status subjects only
+                status,
+                *_micro_discovery(),
             ],
         },
-        "allow_responses": True,  # replies to asks and SWIM probes, whatever the asker's inbox
+        # replies to asks, SWIM probes and protocol requests, whatever the asker's inbox; a
+        # protocol answer is a stream of replies (see STREAMED_REPLY_MAX)
+        "allow_responses": {"max": STREAMED_REPLY_MAX, "expires": STREAMED_REPLY_TTL},
     }
 
 
@@ -275,6 +342,10 @@ def client_permissions(subjects: Subjects, *, identity: str = "client") -> dict[
     subject, read the tasks stream, pull from its consumer or listen on any inbox but its
     own (the agents' inboxes carry the task bodies they pull). It reads the membership as
     an observer (a sync on the seed subject) and the key bindings, and writes neither.
+
+    As a protocol caller it may discover agents and prompt or ask the status of the team's
+    (``agents.prompt|status.lmteams.<team>.*``), never serve on those subjects or beat as an
+    agent; it reads replies on the caller SDK's shared inbox (see ``_CALLER_INBOX``).
     """
     return {
         "publish": {
@@ -287,6 +358,9 @@ def client_permissions(subjects: Subjects, *, identity: str = "client") -> dict[
                 *_stream_reads(f"KV_{subjects.kv_bucket(KEYS_BUCKET)}"),
                 *_stream_reads(subjects.job_results_stream),
                 *_kv_reads(f"KV_{subjects.kv_bucket(JOBS_BUCKET)}"),
+                *_discover_agents(),
+                subjects.protocol(ProtocolVerb.PROMPT),
+                subjects.protocol(ProtocolVerb.STATUS),
             ],
             "deny": [*_DESTRUCTIVE],
         },
@@ -296,6 +370,8 @@ def client_permissions(subjects: Subjects, *, identity: str = "client") -> dict[
                 subjects.all(SubjectKind.PROGRESS),
                 f"{subjects.root}.jobs.result.>",
                 _own_inbox(identity),
+                _CALLER_INBOX,
+                _HEARTBEATS,
             ],
         },
     }
@@ -369,6 +445,13 @@ def team_security(
     names = [*agent_names, *clients, *admins]
     if len(set(names)) != len(names):
         raise ConfigError(f"credential names must be distinct, got {names}")
+    # escaped, two names could share a protocol subject, and each would read the other's prompts
+    prompts = {Subjects(team).protocol(ProtocolVerb.PROMPT, a) for a in agent_names}
+    if len(prompts) != len(agent_names):
+        raise ConfigError(
+            f"agent names {list(agent_names)} collide as protocol subject tokens "
+            "(a name with capitals is written base64-encoded there): rename one"
+        )
 
     def make(name: str, role: Role) -> Credential:
         validate_token(name, "credential name")

@@ -6,6 +6,7 @@ Every subject lmteams uses is built here, so permissions can be granted by subtr
 
 from __future__ import annotations
 
+import base64
 import re
 from enum import StrEnum
 
@@ -16,6 +17,8 @@ from lmteams.errors import ConfigError
 __all__ = (
     "Subjects",
     "SubjectKind",
+    "ProtocolVerb",
+    "PROTOCOL_AGENT",
     "ParsedSubject",
     "validate_token",
     "inbox_prefix",
@@ -50,6 +53,34 @@ JOB_REPORTS_CONSUMER = "coordinator"
 
 TASKS_CONSUMER = "workers"
 """The durable pull consumer on the tasks stream that every agent of a team shares."""
+
+PROTOCOL_AGENT = "lmteams"
+"""The ``agent`` token of every lmteams agent's Synadia Agent Protocol subjects, as
+``claude-code`` is Claude Code's: ``agents.<verb>.lmteams.<team>.<agent-id>``."""
+
+_PROTOCOL_ROOT = "agents"
+_PROTOCOL_PLAIN = re.compile(r"^[a-z0-9_-]+$")
+
+
+class ProtocolVerb(StrEnum):
+    """The verbs of the protocol's subjects that an lmteams agent serves or beats on."""
+
+    PROMPT = "prompt"
+    STATUS = "status"
+    HEARTBEAT = "hb"
+
+
+def _protocol_token(value: str) -> str:
+    """A name as the protocol SDKs write it in a subject token (``AgentSubject.new``).
+
+    Lowercase names pass as they are; any other (an lmteams name may hold capitals) becomes
+    its base64-url encoding without padding, so ``Alice`` is ``QWxpY2U``. Kept here, not
+    taken from the SDK, so the bus (and its permissions) never imports the protocol's
+    packages; a test pins it to the SDK's escaping.
+    """
+    if _PROTOCOL_PLAIN.match(value):
+        return value
+    return base64.urlsafe_b64encode(value.encode()).rstrip(b"=").decode("ascii")
 
 
 def is_reply_address(subject: str) -> bool:
@@ -198,6 +229,14 @@ class Subjects(msgspec.Struct, frozen=True):
     def job_results_stream(self) -> str:
         """One result per job, the first kept (as task results are)."""
         return f"LMT_{self.team}_JOBRESULTS"
+
+    # --- the Synadia Agent Protocol (lmteams.interop): agents.<verb>.lmteams.<team>.<id> ---
+    def protocol(self, verb: ProtocolVerb, agent_id: str | None = None) -> str:
+        """Agent ``agent_id``'s protocol subject for ``verb`` (owner = team, session = agent
+        id, escaped as the SDKs escape them); with no agent, every agent of the team's."""
+        session = "*" if agent_id is None else _protocol_token(validate_token(agent_id, "agent id"))
+        owner = _protocol_token(self.team)
+        return f"{_PROTOCOL_ROOT}.{verb.value}.{PROTOCOL_AGENT}.{owner}.{session}"
 
     def dead(self, reason: str) -> str:
         return f"{self.root}.dead.{validate_token(reason, 'dead-letter reason')}"

@@ -6,6 +6,7 @@ import typer
 
 from lmteams import __version__
 from lmteams.cli._agents import agent_app, down, task_app, up
+from lmteams.cli._attach import attach_cmd
 from lmteams.cli._bus import bus_app
 from lmteams.cli._common import OneLineErrors, setup_logs
 from lmteams.cli._demo import demo
@@ -14,6 +15,7 @@ from lmteams.cli._jobs import job_app
 from lmteams.cli._plan import plan_cmd
 from lmteams.cli._status import status
 from lmteams.cli._study import study_app
+from lmteams.cli._top import top
 
 __all__ = ("app", "main")
 
@@ -32,8 +34,10 @@ app.command("demo")(demo)
 app.command("up")(up)
 app.command("down")(down)
 app.command("status")(status)
+app.command("top")(top)
 app.command("plan")(plan_cmd)
 app.add_typer(bus_app)
+agent_app.command("attach")(attach_cmd)  # a protocol agent as a member
 app.add_typer(agent_app)
 app.add_typer(task_app)
 app.add_typer(job_app)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import time
-from typing import Annotated
+from typing import Annotated, Any
 
 import anyio
 import msgspec
@@ -16,6 +16,7 @@ from lmteams.agents import (
     STRATEGIES,
     DaemonConfig,
     Service,
+    Supervisor,
     SupervisorConfig,
     TeamClient,
     WorkerConfig,
@@ -38,11 +39,13 @@ from lmteams.bus import (
     open_bus,
 )
 from lmteams.cli._common import (
+    BaseUrlOption,
     NatsOption,
     TeamOption,
     check_backend,
     err,
     fail,
+    loads_model_file,
     out,
     positive,
     run_async,
@@ -55,6 +58,7 @@ from lmteams.consensus import LeaderElection
 from lmteams.errors import ConfigError, LmteamsError
 from lmteams.gossip import open_membership
 from lmteams.hardware import BACKEND_KINDS, BackendConfig, ModelFile, resolve_model
+from lmteams.interop import protocol_service
 from lmteams.jobs import COORDINATOR_ROLE, JobServiceConfig, job_service
 
 __all__ = ("agent_app", "up", "down", "task_app")
@@ -79,6 +83,14 @@ ReplicasOption = Annotated[
     ),
 ]
 ThreadsOption = Annotated[int | None, typer.Option(min=1, help="CPU threads for llama.cpp.")]
+SharedModelOption = Annotated[
+    bool,
+    typer.Option(
+        "--shared-model",
+        help="The agents of this process share one loaded model, decoded in one batch "
+        "(one copy of the weights instead of one per agent).",
+    ),
+]
 NkeySeedOption = Annotated[
     str | None,
     typer.Option(
@@ -101,6 +113,18 @@ TlsCaOption = Annotated[
 ]
 
 
+def _metrics_port(help: str) -> Any:
+    return typer.Option("--metrics-port", min=0, max=65535, help=help)
+
+
+MetricsHostOption = Annotated[
+    str,
+    typer.Option(
+        "--metrics-host", help="Address the metrics server binds (0.0.0.0: every interface)."
+    ),
+]
+
+
 def _auth(
     nkey_seed: str | None, user: str | None, creds: str | None, tls_ca: str | None
 ) -> BusAuth:
@@ -117,8 +141,22 @@ def agent_start(
     model: ModelOption = "smollm2-135m",
     backend: BackendOption = "auto",
     sim_device: SimDeviceOption = "cpu-x86",
+    base_url: BaseUrlOption = None,
     threads: ThreadsOption = None,
+    agents: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Agents this process hosts (NAME-1 .. NAME-K when more than one), each with "
+            "its own key and place in the team.",
+        ),
+    ] = 1,
+    shared_model: SharedModelOption = False,
     nats: NatsOption = None,
+    metrics_port: Annotated[
+        int, _metrics_port("Serve Prometheus metrics on http://HOST:PORT/metrics (0: none).")
+    ] = 0,
+    metrics_host: MetricsHostOption = "127.0.0.1",
     ack_wait: Annotated[
         float,
         typer.Option(callback=positive, help="Seconds without news before a task is redelivered."),
@@ -146,8 +184,8 @@ def agent_start(
     token(name, "agent name", "--name")
     for role in elect or ():
         token(role, "role", "--elect")
-    check_backend(backend, sim_device)
-    if backend != "sim":
+    check_backend(backend, sim_device, base_url)
+    if loads_model_file(backend):
         try:
             model = str(resolve_model(model).path)  # fail fast, before joining the team
         except LmteamsError as exc:
@@ -159,12 +197,21 @@ def agent_start(
         drain_timeout_s=drain_timeout,
         worker=WorkerConfig(
             backend=BackendConfig(
-                kind=backend, model=model, n_threads=threads, sim_device=sim_device
+                kind=backend,
+                model=model,
+                n_threads=threads,
+                sim_device=sim_device,
+                base_url=base_url,
+                share=shared_model,
+                share_slots=max(agents, BackendConfig().share_slots),
             ),
             queue=WorkQueueSettings(ack_wait_s=ack_wait),
             streams=StreamSettings(replicas=replicas),
         ),
         auth=_auth(nkey_seed, user, creds, tls_ca),
+        agents=agents,
+        metrics_port=metrics_port,
+        metrics_host=metrics_host,
     )
     # the job service stands for the coordinator lease itself (its holder runs the jobs)
     services = [_standing_for(team, r, lease_ttl) for r in elect or () if r != COORDINATOR_ROLE]
@@ -173,7 +220,8 @@ def agent_start(
         lambda: run_daemon(
             config,
             services=services,
-            worker_services=[jobs],
+            # ...and a Synadia Agent Protocol agent: any protocol caller discovers and prompts it
+            worker_services=[jobs, protocol_service()],
             # the agent is a SWIM member of the team; its facts are its gossiped map
             membership=open_membership,
         )
@@ -218,6 +266,18 @@ def up(
         ),
     ] = None,
     tls_ca: TlsCaOption = None,
+    shared_model: Annotated[
+        bool,
+        typer.Option(
+            "--shared-model",
+            help="One process hosts every agent on one shared model, decoded in one batch "
+            "per token step, with all the threads (not with --creds-dir).",
+        ),
+    ] = False,
+    metrics_port: Annotated[
+        int, _metrics_port("Agent process i (from 0) serves Prometheus metrics on PORT+i.")
+    ] = 0,
+    metrics_host: MetricsHostOption = "127.0.0.1",
 ) -> None:
     """Start the embedded bus and N agents; restart crashed agents; Ctrl-C stops all."""
     setup_logs(default_level="info")
@@ -236,7 +296,15 @@ def up(
         replicas=replicas,
         creds_dir=creds_dir,
         tls_ca=tls_ca,
+        shared_model=shared_model,
+        metrics_port=metrics_port,
+        metrics_host=metrics_host,
     )
+    if metrics_port and metrics_port + agents - 1 > 65535:
+        raise typer.BadParameter(
+            f"agents use ports {metrics_port}..{metrics_port + agents - 1}, past 65535",
+            param_hint="'--metrics-port'",
+        )
 
     async def main() -> None:
         resolved = model if backend == "sim" else str(_pull(model).path)
@@ -245,16 +313,25 @@ def up(
             out.print(
                 f"[green]team {team!r} up[/green]: {agents} agents on "
                 f"{runs_on(backend, model, sim_device)} "
-                f"({supervisor.threads_per_agent()} threads each), bus {supervisor.url}",
+                f"({_threads_line(supervisor, shared_model and agents > 1)}), "
+                f"bus {supervisor.url}",
                 highlight=False,
             )
             out.print(f"agent logs: {supervisor.log_dir}   stop: Ctrl-C or `lmteams down`")
+            for process in supervisor.processes() if metrics_port else ():
+                url = f"http://{metrics_host}:{supervisor.metrics_port(process.name)}/metrics"
+                out.print(f"metrics of {process.name}: {url}", highlight=False)
             with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 async for _ in signals:
                     out.print("stopping: agents drain, then the bus stops")
                     break
 
     run_async(main)
+
+
+def _threads_line(supervisor: Supervisor, shared: bool) -> str:
+    threads = supervisor.threads_per_agent()
+    return f"one shared model, {threads} threads" if shared else f"{threads} threads each"
 
 
 def _pull(model: str) -> ModelFile:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Annotated, Any, TypeVar
 
 import anyio
@@ -23,10 +25,12 @@ __all__ = (
     "out",
     "err",
     "JsonFlag",
+    "BaseUrlOption",
     "NatsOption",
     "TeamOption",
     "OneLineErrors",
     "check_backend",
+    "loads_model_file",
     "choice",
     "fail",
     "positive",
@@ -35,6 +39,7 @@ __all__ = (
     "setup_logs",
     "team_subjects",
     "token",
+    "until_signalled",
 )
 
 T = TypeVar("T")
@@ -67,6 +72,14 @@ NatsOption = Annotated[
 ]
 TeamOption = Annotated[
     str, typer.Option("--team", help="Team name: one subject tree lmt.<team>.… on the bus.")
+]
+BaseUrlOption = Annotated[
+    str | None,
+    typer.Option(
+        "--base-url",
+        help="For --backend openai: the OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1 "
+        "(the key, if any, from $OPENAI_API_KEY); --model is then the server's model name.",
+    ),
 ]
 
 
@@ -122,12 +135,24 @@ def positive(value: float | None) -> float | None:
     return value
 
 
-def check_backend(backend: str, sim_device: str) -> None:
+def check_backend(backend: str, sim_device: str, base_url: str | None = None) -> None:
     """Usage errors for a backend or simulated device that does not exist, before any process
     is started (a bad one would otherwise crash-loop every agent)."""
     choice(backend, BACKEND_KINDS, "--backend")
     if backend == "sim":
         choice(sim_device, DEVICE_CLASSES, "--sim-device")
+    if backend == "openai" and not base_url:
+        raise typer.BadParameter(
+            "--backend openai needs --base-url (the OpenAI-compatible server); "
+            "`lmteams agent start` and `lmteams hardware profile` take it",
+            param_hint="'--backend'",
+        )
+
+
+def loads_model_file(backend: str) -> bool:
+    """Whether ``--model`` names a local GGUF (to resolve, pull, fail fast on) for ``backend``:
+    a simulated device loads none, an OpenAI-compatible server names its own models."""
+    return backend not in ("sim", "openai")
 
 
 def runs_on(backend: str, model: str, sim_device: str) -> str:
@@ -164,3 +189,19 @@ def run_async(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
     except KeyboardInterrupt:
         err.print("interrupted")
         raise typer.Exit(code=130) from None
+
+
+@contextlib.asynccontextmanager
+async def until_signalled() -> AsyncIterator[None]:
+    """A block that Ctrl-C or SIGTERM ends cleanly (cancelled, so the verb exits 0): for
+    verbs that redraw until told to stop (``status --watch``, ``top``)."""
+    async with anyio.create_task_group() as tg:
+
+        async def stop_on_signal() -> None:
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for _ in signals:
+                    tg.cancel_scope.cancel()
+
+        tg.start_soon(stop_on_signal)
+        yield
+        tg.cancel_scope.cancel()

@@ -9,7 +9,7 @@ import msgspec
 import typer
 from rich.table import Table
 
-from lmteams.cli._common import JsonFlag, check_backend, err, fail, out
+from lmteams.cli._common import BaseUrlOption, JsonFlag, check_backend, err, fail, out
 from lmteams.errors import LmteamsError
 from lmteams.hardware import (
     BACKEND_KINDS,
@@ -87,12 +87,19 @@ def profile_cmd(
         int | None, typer.Option(min=1, help="CPU threads (default: cores).")
     ] = None,
     sim_device: Annotated[str, typer.Option(help="Device class for --backend sim.")] = "cpu-x86",
+    base_url: BaseUrlOption = None,
     refresh: Annotated[bool, typer.Option("--refresh", help="Measure again.")] = False,
     json_out: JsonFlag = False,
 ) -> None:
-    """Measure load time and token rates of a model on a device (cached)."""
-    check_backend(backend, sim_device)
-    config = BackendConfig(kind=backend, model=model, n_threads=threads, sim_device=sim_device)
+    """Measure load time and token rates of a model on a device (cached).
+
+    With ``--backend openai`` the device is the server (``openai:<host>:<port>``): agents on
+    that server then advertise its measured rates, as local agents advertise theirs.
+    """
+    check_backend(backend, sim_device, base_url)
+    config = BackendConfig(
+        kind=backend, model=model, n_threads=threads, sim_device=sim_device, base_url=base_url
+    )
     try:
         measured = anyio.run(lambda: profile(config, refresh=refresh))
     except LmteamsError as exc:

@@ -16,9 +16,11 @@ from lmteams.cli._common import out as _out
 from lmteams.errors import LmteamsError
 from lmteams.study import (
     ARCHITECTURES,
+    DeviceRate,
     Plan,
     TaskGraph,
     calibrate_overhead,
+    measure_llama_profiles,
     open_team,
     plan,
     resolve_graph,
@@ -45,7 +47,10 @@ async def _plan_and_verify(
     architectures: list[str],
     time_scale: float,
     verify: bool,
+    measure: bool,
 ) -> tuple[Plan, Verification | None]:
+    if measure:
+        await measure_llama_profiles(devices)
     if not verify:
         return plan(graph, devices, max_agents=max_agents, architectures=architectures), None
     async with (
@@ -70,18 +75,38 @@ async def _plan_and_verify(
     return chosen, check
 
 
+def _rate_line(rate: DeviceRate) -> str:
+    """Where a device's rate came from: a planner's figures are only as good as its rates."""
+    head = f"rate {rate.device}: {rate.tokens_per_s:.1f} tokens/s, {rate.source}"
+    if rate.source == "measured":
+        return f"{head} (profile {rate.profile_key}, {rate.measured_at})"
+    if rate.source == "assumed":
+        return f"{head}: {rate.note}"
+    return head
+
+
 def plan_cmd(
     graph: Annotated[str, typer.Argument(help="Graph file, shipped name, or paper key.")],
     *,
     devices: Annotated[
-        str, typer.Option(help="Comma list of device classes; agent i gets device i mod len.")
+        str,
+        typer.Option(
+            help="Comma list of device classes or llama[:MODEL] (planned at its measured "
+            "profile); agent i gets device i mod len."
+        ),
     ] = "cpu-x86",
     max_agents: Annotated[int, typer.Option(help="Largest team to consider.")] = 8,
     architectures: Annotated[
         str, typer.Option(help=f"Comma list of {', '.join(ARCHITECTURES)}.")
     ] = "centralized-greedy,centralized-preassigned",
     verify: Annotated[
-        bool, typer.Option("--verify", help="Run the recommendation on simulated agents.")
+        bool, typer.Option("--verify", help="Run the recommendation on the team's agents.")
+    ] = False,
+    measure: Annotated[
+        bool,
+        typer.Option(
+            "--measure", help="Profile llama devices that have no measured profile first."
+        ),
     ] = False,
     time_scale: Annotated[float, typer.Option(help="Wall seconds per modelled second.")] = 0.01,
     paper_data: Annotated[Path | None, typer.Option(help="The paper's data directory.")] = None,
@@ -98,6 +123,7 @@ def plan_cmd(
                 architectures=[a.strip() for a in architectures.split(",") if a.strip()],
                 time_scale=time_scale,
                 verify=verify,
+                measure=measure,
             )
         )
     except LmteamsError as exc:
@@ -132,6 +158,8 @@ def plan_cmd(
             f"{o.agent_seconds:.0f}",
         )
     _out.print(table)
+    for rate in chosen.rates:
+        _out.print(_rate_line(rate), highlight=False)
     best = chosen.recommended
     _out.print(
         f"recommended: {best.n_agents} agents, {best.architecture} ({best.scheduling}): "

@@ -7,7 +7,8 @@ looks at) and prints what that view holds: a table for people, JSON for programs
 
 from __future__ import annotations
 
-import signal
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 import anyio
@@ -17,7 +18,7 @@ from rich.live import Live
 from rich.table import Table
 
 from lmteams.agents import MemberInfo, resolve_url
-from lmteams.bus import BusAuth, open_bus
+from lmteams.bus import Bus, BusAuth, open_bus
 from lmteams.cli._common import (
     JsonFlag,
     NatsOption,
@@ -27,23 +28,24 @@ from lmteams.cli._common import (
     positive,
     run_async,
     team_subjects,
+    until_signalled,
 )
 from lmteams.gossip import GossipMembership, SwimConfig, fingerprint, open_membership
 
-__all__ = ("status",)
+__all__ = ("status", "observe_team", "NOBODY", "STATE_STYLE", "rate")
 
-_STYLE = {"alive": "green", "suspect": "yellow", "dead": "red", "left": "dim"}
+STATE_STYLE = {"alive": "green", "suspect": "yellow", "dead": "red", "left": "dim"}
 _COLUMNS = ("member", "state", "inc", "device", "model", "tok/s", "load", "served", "roles",
             "key", "flag")  # fmt: skip
 _NUMERIC = frozenset(("inc", "tok/s", "load", "served"))
 _SAMPLES = 3  # syncs with (likely different) members within --wait
-_NOBODY = (
+NOBODY = (
     "no gossip members answered in team {team!r} (no agents running, or this credential "
     "may not ask the team's gossip)"
 )
 
 
-def _rate(value: float) -> str:
+def rate(value: float) -> str:
     return f"{value:.1f}" if value else ""
 
 
@@ -57,11 +59,11 @@ def _table(team: str, members: tuple[MemberInfo, ...]) -> Table:
         state = m.state if facts.serving == "serving" or not m.live else "draining"
         table.add_row(
             m.name,
-            f"[{_STYLE[m.state]}]{state}[/]",
+            f"[{STATE_STYLE[m.state]}]{state}[/]",
             str(m.incarnation),
             facts.device,
             facts.model,
-            _rate(facts.tokens_per_s),
+            rate(facts.tokens_per_s),
             str(facts.in_flight),
             str(facts.served),
             ",".join(facts.roles),
@@ -71,6 +73,20 @@ def _table(team: str, members: tuple[MemberInfo, ...]) -> Table:
     return table
 
 
+@contextlib.asynccontextmanager
+async def observe_team(
+    team: str, nats: str | None, *, wait: float
+) -> AsyncIterator[tuple[Bus, GossipMembership]]:
+    """The bus and an observer's membership view of the team (``status``, ``top``), syncing
+    with ``_SAMPLES`` members per ``wait`` seconds; it hosts nobody and changes nothing."""
+    url = resolve_url(nats, team)
+    async with (
+        open_bus(url, name="status", **BusAuth.from_env().options()) as bus,
+        open_membership(bus, team, config=SwimConfig(period_s=wait / _SAMPLES)) as view,
+    ):
+        yield bus, view
+
+
 def _json(team: str, members: tuple[MemberInfo, ...]) -> str:
     return msgspec.json.encode({"team": team, "members": members}).decode()
 
@@ -78,14 +94,7 @@ def _json(team: str, members: tuple[MemberInfo, ...]) -> str:
 async def _watch(view: GossipMembership, team: str, *, json_out: bool, every: float) -> None:
     """Redraw on every change of the view (and at least every ``every`` seconds) until
     Ctrl-C or SIGTERM, which end it cleanly."""
-    async with anyio.create_task_group() as tg:
-
-        async def stop_on_signal() -> None:
-            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                async for _ in signals:
-                    tg.cancel_scope.cancel()
-
-        tg.start_soon(stop_on_signal)
+    async with until_signalled():
         if out.is_terminal and not json_out:
             with Live(_table(team, view.members()), console=out, auto_refresh=False) as live:
                 while True:
@@ -127,14 +136,9 @@ def status(
 ) -> None:
     """Show the team's members as its membership view sees them: state, device, load, key."""
     team_subjects(team)
-    config = SwimConfig(period_s=wait / _SAMPLES)
 
     async def main() -> tuple[MemberInfo, ...]:
-        url = resolve_url(nats, team)
-        async with (
-            open_bus(url, name="status", **BusAuth.from_env().options()) as bus,
-            open_membership(bus, team, config=config) as view,
-        ):
+        async with observe_team(team, nats, wait=wait) as (_, view):
             if watch:
                 await _watch(view, team, json_out=json_out, every=wait)
                 return view.members()
@@ -148,6 +152,6 @@ def status(
         typer.echo(_json(team, members))
         return
     if not members:
-        err.print(_NOBODY.format(team=team))
+        err.print(NOBODY.format(team=team))
         raise typer.Exit(code=1)
     out.print(_table(team, members))

@@ -6,6 +6,7 @@ and everything a study needs to pretend it has other hardware.
 
 from lmteams.hardware._backend import PromptFit, TokenCounter, open_backend, prompt_fit
 from lmteams.hardware._detect import DeviceInfo, HardwareInfo, detect
+from lmteams.hardware._host import SharedModelHost, SharedStatistics
 from lmteams.hardware._llama import LlamaBackend, LlamaStatistics
 from lmteams.hardware._models import (
     CATALOGUE,
@@ -21,6 +22,7 @@ from lmteams.hardware._models import (
     pull_model,
     resolve_model,
 )
+from lmteams.hardware._openai import CompletionStream, OpenAIBackend, openai_device
 from lmteams.hardware._placement import (
     AgentLoad,
     HedgePolicy,
@@ -33,6 +35,7 @@ from lmteams.hardware._placement import (
     stand_in_rates,
 )
 from lmteams.hardware._profile import DeviceProfile, cached_profiles, profile
+from lmteams.hardware._shared import SharedBackend, open_shared, shared_hosts
 from lmteams.hardware._sim import (
     DEVICE_CLASSES,
     DeviceClass,
@@ -64,7 +67,15 @@ __all__ = (
     # backends
     "LlamaBackend",
     "LlamaStatistics",
+    "SharedBackend",
+    "SharedModelHost",
+    "SharedStatistics",
+    "open_shared",
+    "shared_hosts",
     "SimulatedBackend",
+    "OpenAIBackend",
+    "CompletionStream",
+    "openai_device",
     "DeviceClass",
     "DEVICE_CLASSES",
     "SimStatistics",

@@ -16,6 +16,8 @@ import msgspec
 
 from lmteams.errors import ConfigError
 from lmteams.hardware._llama import LlamaBackend
+from lmteams.hardware._openai import OpenAIBackend
+from lmteams.hardware._shared import SharedBackend, open_shared
 from lmteams.hardware._sim import SimulatedBackend, estimate_tokens
 from lmteams.hardware._types import BACKEND_KINDS, Backend, BackendConfig, GenerateRequest
 
@@ -87,10 +89,12 @@ async def open_backend(config: BackendConfig) -> AsyncIterator[Backend]:
     """Load the configured model on the configured device; free it on exit.
 
     ``kind="sim"`` gives a :class:`SimulatedBackend` of class ``config.sim_device``; every other
-    kind loads a GGUF with llama.cpp (``auto`` picks the best device this build can use).
+    kind loads a GGUF with llama.cpp (``auto`` picks the best device this build can use),
+    except ``openai``: a client of the OpenAI-compatible server at ``config.base_url``.
+    With ``config.share`` a llama.cpp kind attaches to the process's shared host instead.
     """
     kind = config.kind.lower()
-    backend: LlamaBackend | SimulatedBackend
+    backend: LlamaBackend | SimulatedBackend | OpenAIBackend | SharedBackend
     if kind == "sim":
         backend = SimulatedBackend(
             config.sim_device,
@@ -100,6 +104,10 @@ async def open_backend(config: BackendConfig) -> AsyncIterator[Backend]:
             n_ctx=config.n_ctx,
         )
         await backend.load()
+    elif kind == "openai":
+        backend = await OpenAIBackend.open(config)
+    elif kind in BACKEND_KINDS and config.share:
+        backend = await open_shared(config)
     elif kind in BACKEND_KINDS:
         backend = await LlamaBackend.open(config)
     else:

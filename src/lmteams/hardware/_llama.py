@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import math
 import threading
 import time
 from collections import deque
@@ -41,6 +40,7 @@ from lmteams.hardware._detect import (
     physical_cores,
 )
 from lmteams.hardware._models import ModelFile, resolve_model
+from lmteams.hardware._prompting import Prompter, budget, chosen_logprob, stop_cut
 from lmteams.hardware._threads import run_in_thread
 from lmteams.hardware._types import (
     BACKEND_KINDS,
@@ -101,10 +101,10 @@ def select_device(
     ``devices`` defaults to what ggml enumerates; tests pass their own.
     """
     kind = kind.lower()
-    if kind not in BACKEND_KINDS or kind == "sim":
+    if kind not in BACKEND_KINDS or kind in ("sim", "openai"):
         raise ConfigError(
             f"backend kind {kind!r} is not a llama.cpp device: use one of "
-            f"{', '.join(k for k in BACKEND_KINDS if k != 'sim')}"
+            f"{', '.join(k for k in BACKEND_KINDS if k not in ('sim', 'openai'))}"
         )
     if kind == "cpu":
         return "cpu", 0
@@ -176,9 +176,7 @@ class LlamaBackend:
         self._lock = anyio.Lock()
         self._closed = False
         self._n_vocab = int(llm.n_vocab())
-        self._formatter = _chat_formatter(llm)
-        self._warned_no_template = False
-        self._prefix: tuple[tuple[bool, str | None], list[int]] | None = None
+        self._prompter = Prompter(llm, model.name)
         # Written only by the worker thread that holds the lock, read by anyone.
         self._stats = {
             "calls": 0,
@@ -209,24 +207,19 @@ class LlamaBackend:
 
     async def count_tokens(self, request: GenerateRequest) -> int:
         """Prompt tokens with the model's tokenizer and chat template, off the event loop."""
-        return await anyio.to_thread.run_sync(lambda: len(self._prompt_tokens(request)))
+        return await anyio.to_thread.run_sync(lambda: len(self._prompter.tokens(request)))
 
     @classmethod
     async def open(cls, config: BackendConfig) -> LlamaBackend:
         """Pick the device, resolve (and if needed pull) the model, load it off the loop."""
-        # Device first: a config this build cannot run should fail before a model download.
-        device, n_gpu_layers = select_device(config.kind, config.n_gpu_layers)
-        model = await anyio.to_thread.run_sync(lambda: resolve_model(config.model))
-        threads = config.n_threads or physical_cores()
-
-        started = time.perf_counter()
-        llm = await run_in_thread(
-            lambda _stop: _load(model, device, n_gpu_layers, threads, config),
-            discard=lambda loaded: loaded.close(),
+        loaded = await load_model(config)
+        return cls(
+            loaded.llm,
+            model=loaded.model,
+            device=loaded.device,
+            load_s=loaded.load_s,
+            seed=config.seed,
         )
-        load_s = time.perf_counter() - started
-        log.info("backend.loaded", model=model.name, device=device, load_s=round(load_s, 3))
-        return cls(llm, model=model, device=device, load_s=load_s, seed=config.seed)
 
     async def generate(self, request: GenerateRequest) -> Completion:
         """Generate off the event loop; cancellation stops at the next token."""
@@ -235,10 +228,7 @@ class LlamaBackend:
                 raise BackendError(f"backend for {self.model} on {self.device} is closed")
             completion = await run_in_thread(lambda stop: self._generate_sync(request, stop))
             load_s, self._pending_load_s = self._pending_load_s, 0.0
-            if not load_s:
-                return completion
-            timings = msgspec.structs.replace(completion.timings, load_s=load_s)
-            return msgspec.structs.replace(completion, timings=timings)
+            return with_load_time(completion, load_s)
 
     async def aclose(self) -> None:
         """Free the model once in-flight generation has finished."""
@@ -249,63 +239,6 @@ class LlamaBackend:
             await anyio.to_thread.run_sync(self._llm.close)
 
     # -- worker-thread side -------------------------------------------------------------------
-
-    def _prompt_tokens(self, request: GenerateRequest) -> list[int]:
-        if request.chat and self._formatter is not None:
-            messages = [{"role": "system", "content": request.system}] if request.system else []
-            messages.append({"role": "user", "content": request.prompt})
-            try:
-                text = self._formatter(messages=messages).prompt
-            except Exception as exc:  # jinja templates raise anything
-                raise BackendError(f"the chat template of {self.model} failed: {exc}") from exc
-            return list(self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))
-        if request.chat and not self._warned_no_template:
-            self._warned_no_template = True
-            log.warning("backend.no_chat_template", model=self.model, fallback="raw completion")
-        text = f"{request.system}\n\n{request.prompt}" if request.system else request.prompt
-        return list(self._llm.tokenize(text.encode("utf-8"), add_bos=True, special=True))
-
-    def _shared_prefix(self, request: GenerateRequest) -> list[int]:
-        """Tokens of the prompt's system part: what every request with this system shares.
-
-        Rendered with a sentinel user message and cut before it, so the template's own
-        default system prompt counts too; remembered for the last system seen.
-        """
-        key = (request.chat and self._formatter is not None, request.system)
-        if self._prefix is not None and self._prefix[0] == key:
-            return self._prefix[1]
-        sentinel = "\u2063lmteams-prefix\u2063"
-        if key[0]:
-            messages = [{"role": "system", "content": request.system}] if request.system else []
-            messages.append({"role": "user", "content": sentinel})
-            try:
-                text = self._formatter(messages=messages).prompt
-            except Exception:  # jinja raises anything; then nothing is shared
-                text = ""
-            head, found, _ = text.partition(sentinel)
-            tokens = self._llm.tokenize(head.encode("utf-8"), add_bos=False, special=True)
-            prefix = list(tokens) if found else []
-        elif request.system:
-            text = f"{request.system}\n\n"
-            prefix = list(self._llm.tokenize(text.encode("utf-8"), add_bos=True, special=True))
-        else:
-            prefix = []
-        self._prefix = (key, prefix)
-        return prefix
-
-    def _split(self, request: GenerateRequest, prompt: list[int]) -> int:
-        """Where the prompt is cut: the longest start it shares with its system part.
-
-        Fixed by the request alone, never by the previous call; at least one token is left
-        after it, so there is always something to evaluate before sampling.
-        """
-        prefix = self._shared_prefix(request)
-        split = 0
-        for ours, theirs in zip(prefix, prompt[:-1], strict=False):
-            if ours != theirs:
-                break
-            split += 1
-        return split
 
     def _prime(self, prompt: list[int], split: int) -> None:
         """Leave exactly ``prompt[:split]`` in the KV cache: kept if cached, else evaluated."""
@@ -341,8 +274,10 @@ class LlamaBackend:
 
         llm = self._llm
         started = time.perf_counter()
-        prompt = self._prompt_tokens(request)
-        budget = self._budget(len(prompt), request.max_tokens)
+        prompt = self._prompter.tokens(request)
+        # llama.cpp may round the context up; llama-cpp-python's token buffer keeps the size
+        # that was asked for, and overrunning it corrupts state, so the smaller one rules.
+        allowed = budget(len(prompt), request.max_tokens, self.n_ctx)
         llm.set_seed(request.seed if request.seed is not None else self._seed)
         vocab = llama_cpp.llama_model_get_vocab(llm.model)
         tokens: list[int] = []
@@ -350,7 +285,7 @@ class LlamaBackend:
         finish = "length"
         first_token_at: float | None = None
         text = ""
-        split = self._split(request, prompt) if budget else 0
+        split = self._prompter.split(request, prompt) if allowed else 0
         generator = llm.generate(  # lazy: nothing runs until the first token is asked for
             prompt[split:],
             reset=False,  # _prime has set the cache; generate's own prefix match would not
@@ -361,9 +296,9 @@ class LlamaBackend:
             repeat_penalty=1.0,
         )
         try:
-            if budget:
+            if allowed:
                 self._prime(prompt, split)
-            for token in generator if budget else ():
+            for token in generator if allowed else ():
                 if first_token_at is None:
                     first_token_at = time.perf_counter()
                 if stop.is_set():
@@ -376,12 +311,12 @@ class LlamaBackend:
                     logprobs.append(self._chosen_logprob(int(token)))
                 tokens.append(int(token))
                 if request.stop:
-                    text = self._text(tokens, prompt)
-                    cut = min((i for s in request.stop if (i := text.find(s)) >= 0), default=-1)
+                    text = self._prompter.text(tokens, prompt)
+                    cut = stop_cut(text, request.stop)
                     if cut >= 0:
                         text, finish = text[:cut], "stop"
                         break
-                if len(tokens) >= budget:
+                if len(tokens) >= allowed:
                     break
         except (RuntimeError, ValueError) as exc:  # llama_decode failures, buffer overruns
             raise BackendError(
@@ -392,7 +327,7 @@ class LlamaBackend:
             generator.close()
         ended = time.perf_counter()
         if not (request.stop and finish == "stop"):
-            text = self._text(tokens, prompt)
+            text = self._prompter.text(tokens, prompt)
         first = first_token_at if first_token_at is not None else ended
         return Completion(
             text=text,
@@ -405,55 +340,50 @@ class LlamaBackend:
             logprobs=tuple(logprobs) if request.logprobs else None,
         )
 
-    def _budget(self, prompt_tokens: int, max_tokens: int) -> int:
-        """How many tokens may be generated: ``max_tokens`` clipped to the context left."""
-        if not prompt_tokens:
-            raise BackendError("empty prompt: there is nothing to complete")
-        # llama.cpp may round the context up; llama-cpp-python's token buffer keeps the size
-        # that was asked for, and overrunning it corrupts state, so the smaller one rules.
-        n_ctx = min(int(self._llm.n_ctx()), len(self._llm.input_ids))
-        if prompt_tokens >= n_ctx:
-            raise BackendError(
-                f"context overflow: the prompt is {prompt_tokens} tokens but n_ctx is {n_ctx}; "
-                "shorten the prompt or open the backend with a larger BackendConfig.n_ctx"
-            )
-        return max(0, min(max_tokens, n_ctx - prompt_tokens))
-
-    def _text(self, tokens: list[int], prompt: list[int]) -> str:
-        raw: bytes = self._llm.detokenize(tokens, prev_tokens=prompt)
-        return raw.decode("utf-8", errors="ignore")
-
     def _chosen_logprob(self, token: int) -> float:
         """log p(token) under the distribution llama.cpp just sampled from (pre-temperature)."""
         import llama_cpp  # noqa: PLC0415
 
         pointer = llama_cpp.llama_get_logits_ith(self._llm.ctx, -1)
-        logits = np.ctypeslib.as_array(pointer, shape=(self._n_vocab,))
-        peak = float(logits.max())
-        log_z = peak + math.log(float(np.exp(logits - peak).sum()))
-        return float(logits[token]) - log_z
+        return chosen_logprob(np.ctypeslib.as_array(pointer, shape=(self._n_vocab,)), token)
 
 
-def _chat_formatter(llm: Llama) -> Any:
-    """The GGUF's own chat template, rendered the way llama-cpp-python renders it."""
-    import llama_cpp  # noqa: PLC0415
-    from llama_cpp.llama_chat_format import Jinja2ChatFormatter  # noqa: PLC0415
+class LoadedModel(msgspec.Struct, frozen=True, kw_only=True):
+    """A model loaded for a config: what both llama.cpp backends start from."""
 
-    template = llm.metadata.get("tokenizer.chat_template")
-    if not template:
-        return None
-    vocab = llama_cpp.llama_model_get_vocab(llm.model)
+    llm: Any
+    """The ``llama_cpp.Llama`` (tokenizer, metadata, weights)."""
+    model: ModelFile
+    device: str
+    threads: int
+    load_s: float
 
-    def text_of(token: int) -> str:
-        if token < 0:
-            return ""
-        return bytes(llama_cpp.llama_vocab_get_text(vocab, token)).decode("utf-8", "replace")
 
-    return Jinja2ChatFormatter(
-        template=template,
-        eos_token=text_of(int(llm.token_eos())),
-        bos_token=text_of(int(llm.token_bos())),
+async def load_model(config: BackendConfig, *, n_ctx: int | None = None) -> LoadedModel:
+    """Pick the device, resolve (and if needed pull) the model, load it off the loop.
+
+    ``n_ctx`` overrides the config's for the ``Llama``'s own context (see :func:`_load`).
+    """
+    # Device first: a config this build cannot run should fail before a model download.
+    device, n_gpu_layers = select_device(config.kind, config.n_gpu_layers)
+    model = await anyio.to_thread.run_sync(lambda: resolve_model(config.model))
+    threads = config.n_threads or physical_cores()
+    started = time.perf_counter()
+    llm = await run_in_thread(
+        lambda _stop: _load(model, device, n_gpu_layers, threads, config, n_ctx=n_ctx),
+        discard=lambda loaded: loaded.close(),
     )
+    load_s = time.perf_counter() - started
+    log.info("backend.loaded", model=model.name, device=device, load_s=round(load_s, 3))
+    return LoadedModel(llm=llm, model=model, device=device, threads=threads, load_s=load_s)
+
+
+def with_load_time(completion: Completion, load_s: float) -> Completion:
+    """``completion`` carrying the model's load time: a backend's first answer reports it."""
+    if not load_s:
+        return completion
+    timings = msgspec.structs.replace(completion.timings, load_s=load_s)
+    return msgspec.structs.replace(completion, timings=timings)
 
 
 def _extra_buffers(config: BackendConfig) -> bool:
@@ -486,8 +416,16 @@ def _model_params(*, extra_buffers: bool) -> Iterator[None]:
 
 
 def _load(
-    model: ModelFile, device: str, n_gpu_layers: int, threads: int, config: BackendConfig
+    model: ModelFile,
+    device: str,
+    n_gpu_layers: int,
+    threads: int,
+    config: BackendConfig,
+    *,
+    n_ctx: int | None = None,
 ) -> Llama:
+    """Load ``model``; ``n_ctx`` overrides the config's for the Llama's own context (a shared
+    host decodes in contexts of its own and keeps this one small)."""
     from llama_cpp import Llama  # noqa: PLC0415
 
     _install_log_capture()
@@ -497,10 +435,14 @@ def _load(
             return Llama(
                 model_path=model.path,
                 n_gpu_layers=n_gpu_layers if device != "cpu" else 0,
-                n_ctx=config.n_ctx,
+                n_ctx=config.n_ctx if n_ctx is None else n_ctx,
                 n_threads=threads,
                 n_threads_batch=threads,
                 seed=config.seed,
+                # flash attention: faster on every device here, and a shared host needs it
+                # for its batches (one attention pass per KV stream instead of a KQ matrix
+                # each); both use it, so a shared answer equals an unshared one
+                flash_attn=True,
                 verbose=False,
             )
         except (ValueError, RuntimeError, OSError) as exc:

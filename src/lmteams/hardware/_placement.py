@@ -220,7 +220,8 @@ def advertised_rates(backend: Backend, config: BackendConfig) -> tuple[float, fl
 
     A simulated device runs at its class's rates slowed by its time scale (that is what a
     dispatcher will see on the wall clock); a llama.cpp device at its cached profile for this
-    model and thread count, if ``lmteams hardware profile`` has measured one.
+    model and thread count, if ``lmteams hardware profile`` has measured one, and an
+    OpenAI-compatible server likewise, by its device label (``openai:<host>:<port>``).
     """
     if isinstance(backend, SimulatedBackend):
         cls = backend.device_class

@@ -22,6 +22,7 @@ from lmteams.hardware._backend import open_backend
 from lmteams.hardware._detect import physical_cores
 from lmteams.hardware._llama import select_device
 from lmteams.hardware._models import cache_dir
+from lmteams.hardware._openai import openai_device
 from lmteams.hardware._types import BackendConfig, GenerateRequest
 
 __all__ = ("DeviceProfile", "profile", "cached_profiles", "profile_key")
@@ -90,6 +91,8 @@ def _rss_mb() -> float:
 def _expected_device(config: BackendConfig) -> str:
     if config.kind.lower() == "sim":
         return f"sim:{config.sim_device}"
+    if config.kind.lower() == "openai":  # one server, measured once, for all its agents
+        return openai_device(config.base_url)
     return select_device(config.kind, config.n_gpu_layers)[0]
 
 

@@ -21,7 +21,7 @@ __all__ = (
     "BackendConfig",
 )
 
-BACKEND_KINDS: Final = ("auto", "cpu", "cuda", "metal", "vulkan", "sim")
+BACKEND_KINDS: Final = ("auto", "cpu", "cuda", "metal", "vulkan", "sim", "openai")
 """Accepted values of :attr:`BackendConfig.kind`."""
 
 FinishReason = Literal["stop", "length", "cancelled"]
@@ -94,9 +94,10 @@ class BackendConfig(msgspec.Struct, frozen=True, kw_only=True):
     """How to open a backend; travels in agent configs, hence a Struct."""
 
     kind: str = "auto"
-    """``auto`` | ``cpu`` | ``cuda`` | ``metal`` | ``vulkan`` | ``sim``."""
+    """``auto`` | ``cpu`` | ``cuda`` | ``metal`` | ``vulkan`` | ``sim`` | ``openai``."""
     model: str = "smollm2-135m"
-    """A catalogue name (``lmteams model list``) or a path to a ``.gguf`` file."""
+    """A catalogue name (``lmteams model list``) or a path to a ``.gguf`` file; for
+    ``openai``, the model name the server knows (its ``/v1/models`` ids)."""
     n_threads: int | None = None
     """CPU threads; ``None`` means one per physical core."""
     n_ctx: int = 2048
@@ -113,3 +114,21 @@ class BackendConfig(msgspec.Struct, frozen=True, kw_only=True):
     ``None`` turns them off on CPUs that report AMX: llama.cpp's AMX path hangs on batched
     prompt evaluation on such (virtualised) machines, while one token at a time still runs.
     """
+    share: bool = False
+    """Attach to the process's one shared host for this model instead of loading a copy.
+
+    N agents of one process then hold the weights once and are decoded together, one
+    multi-sequence batch per token step (see ``SharedModelHost``); each keeps its own seed.
+    """
+    share_slots: int = 8
+    """Most sequences a shared host decodes at once (its slots grow with the agents attached,
+    up to this); further requests wait their turn. Each slot has its own ``n_ctx``."""
+    base_url: str | None = None
+    """For ``kind == "openai"``: the server, ``http://host:port`` (``/v1`` is then added) or
+    a full base such as ``https://api.example.com/v1``."""
+    api_key_env: str = "OPENAI_API_KEY"
+    """For ``openai``: the NAME of the environment variable holding the key, so a config (which
+    travels and is logged) never holds the key itself. Unset: local servers need none."""
+    request_timeout_s: float = 60.0
+    """For ``openai``: the longest silence from the server (connecting, the first token, each
+    later one) before the call fails as unavailable."""

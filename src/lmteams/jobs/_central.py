@@ -343,6 +343,7 @@ class _Driver:
                 strategy=subtask.strategy,
                 lease_s=view.record.spec.options.lease_s,
                 backup=backup,
+                trace=view.record.spec.trace,
             ),
         )
         event = "jobs.backup" if backup else "jobs.assigned"

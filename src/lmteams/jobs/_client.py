@@ -17,6 +17,7 @@ from typing import TypedDict, Unpack
 
 import msgspec
 
+from lmteams import tracing
 from lmteams.agents import ClientAuth, TeamClient, open_team
 from lmteams.bus import (
     Codec,
@@ -123,9 +124,14 @@ class JobClient(TeamClient):
 
     async def publish_job(self, spec: JobSpec) -> None:
         """Put a prepared (``new_job``) spec on the team's job requests, durably."""
-        await publish_durable(
-            self.bus, self.subjects.job_requests, SubmitJob(job=spec), msg_id=spec.id
-        )
+        attributes = {"lmteams.team": self.subjects.team, "lmteams.job": spec.id}
+        with tracing.span("send lmteams.job", kind="producer", attributes=attributes):
+            context = tracing.headers()
+            if context is not None:  # the subtasks' attempts join this trace (JobSpec.trace)
+                spec = msgspec.structs.replace(spec, trace=context[tracing.TRACEPARENT])
+            await publish_durable(
+                self.bus, self.subjects.job_requests, SubmitJob(job=spec), msg_id=spec.id
+            )
 
     async def run_job(
         self,
@@ -137,9 +143,11 @@ class JobClient(TeamClient):
     ) -> JobResult:
         """Submit a job and wait for its result (``RequestTimeoutError`` after ``timeout``)."""
         spec = new_job(job, job_id=job_id, submitted_by=self.bus.name, **overrides)
-        async with self._awaiting_job(spec.id) as wait:
-            await self.publish_job(spec)
-            return await wait(timeout)
+        attributes = {"lmteams.team": self.subjects.team, "lmteams.job": spec.id}
+        with tracing.span("lmteams.job run", kind="client", attributes=attributes):
+            async with self._awaiting_job(spec.id) as wait:
+                await self.publish_job(spec)
+                return await wait(timeout)
 
     async def wait_job(self, job_id: str, *, timeout: float = 3600.0) -> JobResult:
         """Wait for the result of a job submitted earlier (it may already be stored)."""

@@ -55,6 +55,8 @@ class JobSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     graph: TaskGraph
     options: JobOptions = JobOptions()
     submitted_by: str = ""
+    trace: str = ""
+    """The submitter's W3C ``traceparent`` (tracing on): every subtask attempt joins its trace."""
 
 
 class SubmitJob(msgspec.Struct, frozen=True, kw_only=True, tag="submit-job"):
@@ -173,6 +175,7 @@ class Assign(msgspec.Struct, frozen=True, kw_only=True, tag="job-assign"):
     strategy: str = ""
     lease_s: Annotated[float, msgspec.Meta(ge=0.1, le=86_400)]
     backup: bool = False
+    trace: str = ""  # the job's traceparent (``JobSpec.trace``)
 
 
 class Withdraw(msgspec.Struct, frozen=True, kw_only=True, tag="job-withdraw"):

@@ -19,6 +19,7 @@ import anyio
 import structlog
 from anyio.abc import TaskGroup
 
+from lmteams import tracing
 from lmteams.agents import WorkerAgent
 from lmteams.bus import Codec, Incoming, publish_durable, validate_token
 from lmteams.errors import BusError, ConfigError, EncodeError, RevisionMismatchError
@@ -53,9 +54,17 @@ class _Attempt:
     """The one attempt this agent runs now."""
 
     def __init__(
-        self, job_id: str, index: int, claim_rev: int, *, backup: bool, agent: str = ""
+        self,
+        job_id: str,
+        index: int,
+        claim_rev: int,
+        *,
+        backup: bool,
+        agent: str = "",
+        trace: str = "",
     ) -> None:
         self.agent = agent
+        self.trace = trace  # the job's traceparent: this attempt's span joins the job's trace
         self.job_id = job_id
         self.index = index
         self.claim_rev = claim_rev
@@ -161,7 +170,9 @@ class Participant:
                     self._log.info("jobs.assign_declined", job_id=body.job_id, index=body.index)
                     tg.start_soon(self._decline, body)  # placed elsewhere at once
                     return
-                attempt = _Attempt(body.job_id, body.index, body.claim_rev, backup=body.backup)
+                attempt = _Attempt(
+                    body.job_id, body.index, body.claim_rev, backup=body.backup, trace=body.trace
+                )
                 self.current = attempt
                 tg.start_soon(self._work_assigned, attempt, body)
 
@@ -243,7 +254,13 @@ class Participant:
         """Run it and count it; ``None`` when it was withdrawn before it finished."""
         started = time.time()
         outcome: AttemptOutcome | None = None
-        with attempt.scope:
+        attributes: dict[str, tracing.AttributeValue] = {"lmteams.job": attempt.job_id}
+        attributes["lmteams.subtask"] = attempt.index
+        attributes |= {"lmteams.agent": self.name, "lmteams.strategy": strategy or "single"}
+        attributes |= {"lmteams.claim": attempt.claim_rev, "lmteams.backup": attempt.backup}
+        parent = {tracing.TRACEPARENT: attempt.trace} if attempt.trace else None
+        traced = tracing.span("attempt lmteams.subtask", parent=parent, attributes=attributes)
+        with traced, attempt.scope:
             outcome = await run_attempt(
                 self.agent,
                 prompt=prompt,
@@ -437,7 +454,8 @@ class _SelfOrganizing:
         self, view: JobView, index: int, claim_rev: int, tg: TaskGroup, *, backup: bool
     ) -> None:
         p = self.p
-        attempt = _Attempt(self.job_id, index, claim_rev, backup=backup, agent=p.name)
+        trace = view.record.spec.trace
+        attempt = _Attempt(self.job_id, index, claim_rev, backup=backup, agent=p.name, trace=trace)
         p.current = attempt
         graph = view.record.spec.graph
         subtask = graph.subtasks[index]

@@ -54,6 +54,7 @@ from lmteams.study._predict import (
     predict,
     work_span_speedup,
 )
+from lmteams.study._profiles import DeviceRate, RateSource, measure_llama_profiles
 from lmteams.study._report import write_report
 from lmteams.study._run import (
     ARCHITECTURES,
@@ -86,6 +87,7 @@ from lmteams.study._team import (
     STEADY_TOKENS_PER_S,
     StudyTeam,
     TeamMember,
+    describe_rate,
     device_rate,
     open_team,
     subtask_prompt,
@@ -146,6 +148,10 @@ __all__ = (
     "StudyTeam",
     "TeamMember",
     "device_rate",
+    "describe_rate",
+    "DeviceRate",
+    "RateSource",
+    "measure_llama_profiles",
     "subtask_prompt",
     "STEADY_TOKENS_PER_S",
     "LatencyBackend",

@@ -11,6 +11,10 @@ On mixed devices a speedup is only honest against the best one could do alone, s
 are over one agent on the fastest device, and efficiency is speedup over the team's capacity
 (its agents' speeds summed, in units of that fastest agent): a team of a GPU and a slow CPU
 has capacity just above 1, and its speedup can never be near 2.
+
+Real (``llama``) devices are planned at their measured profiles; one nobody has profiled is
+planned at an assumed rate, and the plan's ``rates`` say which is which (see
+:mod:`lmteams.study._profiles`).
 """
 
 from __future__ import annotations
@@ -23,9 +27,10 @@ from lmteams.errors import ConfigError
 from lmteams.jobs._graph import TaskGraph
 from lmteams.jobs._graphio import chain_plus_free
 from lmteams.study._predict import amdahl_speedup, makespan_lower_bound
+from lmteams.study._profiles import DeviceRate
 from lmteams.study._run import ARCHITECTURES, SCHEDULINGS, run_team
 from lmteams.study._schedule import simulate_schedule
-from lmteams.study._team import StudyTeam, device_rate
+from lmteams.study._team import StudyTeam, describe_rate, device_rate
 
 __all__ = ("Plan", "PlanOption", "calibrate_overhead", "plan", "predict_makespan")
 
@@ -66,6 +71,13 @@ class Plan(msgspec.Struct, frozen=True, kw_only=True):
     tolerance: float
     options: tuple[PlanOption, ...]
     recommended: PlanOption
+    rates: tuple[DeviceRate, ...] = ()
+    """Each device's rate and its source: modelled, measured (a profile) or assumed."""
+
+    @property
+    def assumed(self) -> tuple[DeviceRate, ...]:
+        """The rates nobody measured: a prediction built on them is a guess."""
+        return tuple(r for r in self.rates if r.source == "assumed")
 
 
 def _team_devices(devices: Sequence[str], n: int) -> tuple[str, ...]:
@@ -118,7 +130,11 @@ def plan(
         raise ConfigError("plan needs max_agents >= 1 and at least one device")
     if not architectures or not schedulings:
         raise ConfigError("plan needs at least one architecture and one scheduling")
-    rates = [device_rate(d, graph, straggler_rate=straggler_rate) for d in devices]
+    described = tuple(
+        describe_rate(d, graph, straggler_rate=straggler_rate) for d in dict.fromkeys(devices)
+    )
+    by_device = {r.device: r.tokens_per_s for r in described}
+    rates = [by_device[d] for d in devices]
     all_rates = [rates[i % len(rates)] for i in range(max_agents)]
     fastest = max(range(len(rates)), key=lambda i: (rates[i], -i))
     baseline = predict_makespan(
@@ -165,6 +181,7 @@ def plan(
         tolerance=tolerance,
         options=tuple(options),
         recommended=recommended,
+        rates=described,
     )
 
 

@@ -12,7 +12,8 @@ Device specs are strings so configs and the CLI can name them:
 ``cpu-x86`` (any name in ``DEVICE_CLASSES``), ``steady`` (a fault-free, jitter-free device
 for exact comparisons), ``paper`` / ``paper:<model>`` (lognormal fit of the paper's call
 latencies), ``paper-resample[:<model>]`` (the measured latencies themselves) and
-``llama[:<model>]`` (a real llama.cpp model on this machine's CPU).
+``llama[:<model>]`` (a real llama.cpp model on this machine's CPU, at its measured profile:
+see :mod:`lmteams.study._profiles`).
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ from lmteams.errors import ConfigError
 from lmteams.hardware import (
     DEVICE_CLASSES,
     Backend,
-    BackendConfig,
     Completion,
     DeviceClass,
     GenerateRequest,
@@ -41,11 +41,21 @@ from lmteams.hardware import (
     estimate_tokens,
     open_backend,
 )
+from lmteams.hardware._profile import profile_key
 from lmteams.jobs import job_service
 from lmteams.jobs._graph import DEFAULT_WORK_TOKENS, Subtask, TaskGraph
 from lmteams.jobs._template import render_prompt
 from lmteams.study._latency import LatencyBackend
 from lmteams.study._paper import LatencySamples, PaperData, fit_lognormal, paper_data_dir
+from lmteams.study._profiles import (
+    DeviceRate,
+    RateSource,
+    assumption_note,
+    is_llama,
+    llama_config,
+    llama_rates,
+    measure_llama_profiles,
+)
 
 __all__ = (
     "STEADY_TOKENS_PER_S",
@@ -53,6 +63,7 @@ __all__ = (
     "StudyTeam",
     "TeamMember",
     "device_rate",
+    "describe_rate",
     "open_team",
     "subtask_prompt",
 )
@@ -170,22 +181,26 @@ def device_rate(
 
     For the simulated device classes this is exact in expectation: prompt time, the mean of
     the drawn output length (uniform between half and all of ``max_tokens``) and the
-    straggler slow-down. A real llama model has no model here; its rate is the catalogue
-    default's measured 100 tokens/s until a profile says otherwise.
+    straggler slow-down. A real llama device runs at its cached profile (prompt time
+    included, every subtask taken to use its whole token budget); with no profile, at the
+    cpu-x86 class's rates, which :func:`describe_rate` reports as an assumption.
     """
     kind, arg = _check_spec(spec)
     slow = 1.0 + straggler_rate * (straggler_factor - 1.0)
     cls = _sim_class(spec)
     if cls is not None:
-        if graph is None:
-            return cls.generation_tokens_per_s / slow
-        work = seconds = 0.0
-        for s in graph.subtasks:
-            out = (max(1, s.work_tokens // 2) + s.work_tokens) / 2
-            tokens_in = estimate_tokens(subtask_prompt(graph, s))
-            seconds += tokens_in / cls.prompt_tokens_per_s + out / cls.generation_tokens_per_s
-            work += s.work_tokens
-        return work / (seconds * slow)
+        return (
+            _graph_rate(
+                graph,
+                cls.generation_tokens_per_s,
+                cls.prompt_tokens_per_s,
+                lambda budget: (max(1, budget // 2) + budget) / 2,
+            )
+            / slow
+        )
+    if kind == "llama":  # no injected stragglers: a real model is as slow as it is
+        generation, prompt, _ = llama_rates(spec)
+        return _graph_rate(graph, generation, prompt, float)
     if kind == "steady":
         return STEADY_TOKENS_PER_S / slow
     if kind in {"paper", "paper-resample"}:
@@ -196,7 +211,65 @@ def device_rate(
             else sum(samples.latencies_s) / len(samples.latencies_s)
         )
         return DEFAULT_WORK_TOKENS / (mean * slow)
-    return DEVICE_CLASSES["cpu-x86"].generation_tokens_per_s
+    raise AssertionError(f"unhandled device kind {kind!r}")  # _check_spec admits no other
+
+
+def _graph_rate(
+    graph: TaskGraph | None,
+    generation: float,
+    prompt: float,
+    output_tokens: Callable[[int], float],
+) -> float:
+    """Work tokens over the expected seconds of all of ``graph``'s subtasks on one device."""
+    if graph is None:
+        return generation
+    work = seconds = 0.0
+    for s in graph.subtasks:
+        tokens_in = estimate_tokens(subtask_prompt(graph, s))
+        seconds += tokens_in / prompt if prompt > 0 else 0.0
+        seconds += output_tokens(s.work_tokens) / generation
+        work += s.work_tokens
+    return work / seconds
+
+
+def describe_rate(
+    spec: str,
+    graph: TaskGraph | None = None,
+    *,
+    straggler_rate: float = 0.0,
+    straggler_factor: float = 3.0,
+    paper_data: Path | None = None,
+) -> DeviceRate:
+    """:func:`device_rate` with its source: modelled, measured (a profile) or assumed."""
+    rate = device_rate(
+        spec,
+        graph,
+        straggler_rate=straggler_rate,
+        straggler_factor=straggler_factor,
+        paper_data=paper_data,
+    )
+    measured = None
+    if is_llama(spec):
+        generation, prompt, measured = llama_rates(spec)
+    elif (cls := _sim_class(spec)) is not None:
+        generation, prompt = cls.generation_tokens_per_s, cls.prompt_tokens_per_s
+    else:  # steady and paper devices: one latency per call, no separate prompt rate
+        generation, prompt = rate, 0.0
+    source: RateSource = "measured" if measured is not None else "modelled"
+    if is_llama(spec) and measured is None:
+        source = "assumed"
+    return DeviceRate(
+        device=spec,
+        tokens_per_s=rate,
+        generation_tokens_per_s=generation,
+        prompt_tokens_per_s=prompt,
+        source=source,
+        profile_key=(
+            profile_key(measured.device, measured.model, measured.threads) if measured else ""
+        ),
+        measured_at=measured.measured_at if measured else "",
+        note=assumption_note(spec) if source == "assumed" else "",
+    )
 
 
 def _backend_factory(
@@ -255,8 +328,7 @@ def _backend_factory(
         )
 
     def llama() -> contextlib.AbstractAsyncContextManager[Backend]:
-        config = BackendConfig(kind="cpu", model=arg or "smollm2-135m", n_threads=1, seed=seed)
-        return open_backend(config)
+        return open_backend(llama_config(spec, seed=seed))
 
     if cls is not None:
         return sim
@@ -348,7 +420,8 @@ async def open_team(
     """Host ``n_agents`` workers, agent i on ``devices[i % len(devices)]``, for a block.
 
     ``time_scale`` shrinks modelled seconds to wall seconds for simulated devices; real
-    llama agents ignore it (their runs are reported at scale 1). ``members`` come in the
+    llama agents ignore it (their runs are reported at scale 1) and announce their measured
+    profile, which is measured here first when none is cached. ``members`` come in the
     order a job picks its agents (the fastest first), so a run on n agents uses the first n.
     """
     if n_agents < 1 or not devices:
@@ -360,6 +433,8 @@ async def open_team(
     scale = 1.0 if real else time_scale
     if scale <= 0:
         raise ConfigError(f"time_scale must be > 0 for a timed run, got {time_scale}")
+    # a real device runs at what it measures: profile each model once, before the team loads it
+    await measure_llama_profiles(specs)
     await ensure_team_streams(bus, Subjects(team))
     async with open_runtime(bus, team, worker_services=[job_service()]) as runtime:
         study = StudyTeam(
