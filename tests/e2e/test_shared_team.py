@@ -9,7 +9,9 @@ import pytest
 
 from lmteams.agents import TeamClient
 from lmteams.cli._demo import DEMO_JOB
+from lmteams.gossip import open_membership
 from lmteams.jobs import JobClient, JobStatus
+from lmteams.testing import wait_until
 
 from .conftest import TEAM, Team
 
@@ -32,7 +34,15 @@ async def test_three_agents_share_one_process_and_each_keeps_its_place(
     assert set(facts) == {"agent-1", "agent-2", "agent-3"}
     assert len({f.pid for f in facts.values()}) == 1  # one process
     assert len(_agent_processes()) == 1
-    assert len({f.public_key for f in facts.values()}) == 3  # three signing keys
+    keys: dict[str, str] = {}
+
+    def signed() -> bool:  # a member gossips its key a beat after it joins
+        keys.update({m.name: m.facts.public_key for m in view.members() if m.name in facts})
+        return len(keys) == 3 and all(keys.values())
+
+    async with open_membership(shared_team.bus, TEAM) as view:
+        await wait_until(signed, timeout=30)
+    assert len(set(keys.values())) == 3  # three signing keys
     client = TeamClient(shared_team.bus, TEAM)
     result = await client.submit(
         "What is 2 + 3? Answer with a number.",

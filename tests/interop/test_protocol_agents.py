@@ -79,6 +79,19 @@ async def sim_team(bus: Bus, names: tuple[str, ...]) -> AsyncIterator[Runtime]:
         yield rt
 
 
+async def discovered(caller: Agents, names: tuple[str, ...]) -> list[Any]:
+    """The team's protocol agents once all of ``names`` answer discovery with their
+    endpoints (a service answers ``$SRV.INFO`` a moment before its endpoints are added)."""
+    found: list[Any] = []
+
+    async def complete() -> bool:
+        found[:] = await caller.discover(filter=DiscoverFilter(agent=AGENT_KIND, owner=TEAM))
+        return sorted(a.session_name for a in found) == sorted(names)
+
+    await wait_until(complete, timeout=30, interval=0.2)
+    return found
+
+
 async def collect(agent: Any, prompt: str | Envelope) -> list[Any]:
     with anyio.fail_after(30):
         return [chunk async for chunk in agent.prompt(prompt, timeout=20)]
@@ -94,8 +107,7 @@ async def test_discover_finds_every_agent_and_a_prompt_streams_back(
     async with sim_team(bus, names) as rt, raw_client(nats_server) as nc:
         caller = Agents(nc=nc)
         try:
-            found = await caller.discover(filter=DiscoverFilter(agent=AGENT_KIND, owner=TEAM))
-            assert sorted(a.session_name for a in found) == list(names)
+            found = await discovered(caller, names)
             by_name = {a.session_name: a for a in found}
             w2 = by_name["w2"]
             assert w2.prompt_subject == protocol_subject(TEAM, "w2").prompt
@@ -133,7 +145,7 @@ async def test_options_travel_in_the_envelope_and_each_piece_is_a_chunk(
         await rt.spawn(sim_worker, actor_id="w1", roles=("worker",))
         caller = Agents(nc=nc)
         try:
-            (w1,) = await caller.discover(filter=DiscoverFilter(agent=AGENT_KIND, owner=TEAM))
+            (w1,) = await discovered(caller, ("w1",))
             options = {"max_tokens": 7, "system": "Be brief.", "seed": 3}
             chunks = await collect(w1, Envelope(prompt="Hello?", lmteams=options))
         finally:

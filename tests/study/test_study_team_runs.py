@@ -62,7 +62,7 @@ async def test_parallel_graph_speeds_up_near_n(bus: Bus, nats_server: EmbeddedSe
     assert len(run.agents) == 4 and all(a.tasks == 2 for a in run.agents)
 
 
-async def test_decentralized_agents_race_for_claims(bus: Bus) -> None:
+async def test_decentralized_agents_claim_every_subtask_once(bus: Bus) -> None:
     async with open_team(bus, ["steady"], 4, graph=PARALLEL, time_scale=0.01) as team:
         rounds = await run_team(
             team, PARALLEL, 4, architecture="decentralized", scheduling="rounds"
@@ -70,9 +70,12 @@ async def test_decentralized_agents_race_for_claims(bus: Bus) -> None:
         free = await run_team(team, PARALLEL, 4, architecture="decentralized")
     for run in (rounds, free):
         assert run.duplicates == 0 and sum(a.tasks for a in run.agents) == 8
-    # in a round every agent decides from the same view, so they collide on the first tasks
-    assert rounds.conflicts > 0 and rounds.rounds >= 2
-    assert rounds.conflicts == sum(a.lost_claims for a in rounds.agents)
+    # every agent decides from the same view; each tries its own pick first, so the team's
+    # first claims do not collide, and what collisions there are, each agent counts
+    assert rounds.rounds >= 2
+    for run in (rounds, free):
+        assert run.conflicts == sum(a.lost_claims for a in run.agents)
+        assert run.claims == 8  # one won claim per subtask: nothing lapsed and was re-claimed
 
 
 async def test_the_barrier_costs_time_on_uneven_agents(bus: Bus) -> None:
