@@ -154,6 +154,31 @@ async def test_options_travel_in_the_envelope_and_each_piece_is_a_chunk(
     assert texts == ["max_tokens=7", " system=Be brief.", " seed=3"]
 
 
+async def test_a_prompt_streams_the_models_pieces_as_they_are_generated(
+    nats_server: EmbeddedServer, bus: Bus
+) -> None:
+    """By default a protocol prompt's ``response`` chunks are the model's own pieces, sent
+    while it generates (here a simulated model that takes about half a second)."""
+    slow = msgspec.structs.replace(
+        SIM, backend=BackendConfig(kind="sim", sim_device="cpu-x86", time_scale=1.0)
+    )
+    async with (
+        open_runtime(bus, TEAM, worker_services=[protocol_service()]) as rt,
+        raw_client(nats_server) as nc,
+    ):
+        await rt.spawn(lambda: WorkerAgent(slow), actor_id="w1", roles=("worker",))
+        caller = Agents(nc=nc)
+        try:
+            (w1,) = await discovered(caller, ("w1",))
+            options = {"max_tokens": 48}
+            chunks = await collect(w1, Envelope(prompt="Tell me a story.", lmteams=options))
+        finally:
+            await caller.close()
+    texts = [c.text for c in chunks if isinstance(c, ResponseChunk)]
+    assert len(texts) >= 2, texts  # pieces as they came, not the answer in one
+    assert "".join(texts).startswith("sim answer to: Tell me a story.")
+
+
 # --- hostile input on the protocol subjects -------------------------------------------------
 
 json_values = st.recursive(

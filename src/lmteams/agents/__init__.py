@@ -5,6 +5,7 @@ queue, answers them with its hardware backend, and publishes exactly one result 
 """
 
 from lmteams.agents._actor import Actor, handler
+from lmteams.agents._chunks import Coalescing, PieceSink, streaming_to
 from lmteams.agents._client import ClientAuth, TeamClient, connect, open_team, resolve_url
 from lmteams.agents._daemon import (
     DaemonConfig,
@@ -41,6 +42,7 @@ from lmteams.agents._messages import (
     AgentAnswer,
     Answer,
     Cancel,
+    Chunk,
     Ping,
     Pong,
     Progress,
@@ -80,6 +82,7 @@ from lmteams.agents._strategy import (
     register_strategy,
     registered_strategies,
 )
+from lmteams.agents._streamed import StreamedTask
 from lmteams.agents._supervisor import (
     AgentProcessInfo,
     Supervisor,
@@ -160,6 +163,11 @@ __all__ = (
     "Result",
     "Stage",
     "Progress",
+    "Chunk",
+    "StreamedTask",
+    "Coalescing",
+    "PieceSink",
+    "streaming_to",
     "AgentAnswer",
     "Prompt",
     "Answer",

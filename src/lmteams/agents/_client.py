@@ -14,10 +14,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypedDict, TypeVar, Unpack
 
 import anyio
+import msgspec
 
 from lmteams import tracing
 from lmteams.agents._messages import Progress, Result, Task
 from lmteams.agents._state import read_state
+from lmteams.agents._streamed import StreamedTask
 from lmteams.agents._tasks import TaskOptions, check_task, new_task
 from lmteams.bus import (
     ENV_URL,
@@ -91,6 +93,26 @@ class TeamClient:
             async with self._awaiting(task.id) as wait:
                 await self.publish(task)
                 return await wait(timeout)
+
+    def stream(
+        self,
+        prompt: str,
+        *,
+        timeout: float = 300.0,
+        task_id: str | None = None,
+        **options: Unpack[TaskOptions],
+    ) -> StreamedTask:
+        """Publish a streamed task: ``async with team.stream(p) as answer``, then ``async for
+        chunk in answer`` (a :class:`Chunk` per piece as it is generated), then ``answer.result``.
+
+        The task is published when the block is entered; options are ``submit``'s. Strategies
+        other than ``single`` stream nothing: their one result ends the iteration at once.
+        """
+        return self.run_streamed(new_task(prompt, task_id=task_id, **options), timeout=timeout)
+
+    def run_streamed(self, task: Task, *, timeout: float = 300.0) -> StreamedTask:
+        """``stream`` for a prepared task (it is sent with ``stream`` set)."""
+        return StreamedTask(self, msgspec.structs.replace(task, stream=True), timeout=timeout)
 
     async def publish(self, task: Task) -> str:
         """Put a task on the team's queue without waiting; returns its id.

@@ -3,12 +3,14 @@
 Every model call of a worker (a queued task, a voter's prompt, a job subtask) passes through
 ``WorkerAgent._generate``, which calls ``traced_generate``: one ``CLIENT`` span per call,
 named ``"{operation} {model}"``, with ``gen_ai.*`` request and usage attributes, a child of
-whatever span the agent is working in. With tracing off it is the bare backend call.
+whatever span the agent is working in. With tracing off it is the bare backend call (streamed
+when the task streams: see ``_chunks``).
 """
 
 from __future__ import annotations
 
 from lmteams import tracing
+from lmteams.agents._chunks import generate_to_sink
 from lmteams.hardware import Backend, Completion, GenerateRequest
 
 __all__ = ("traced_generate", "provider_of")
@@ -31,7 +33,7 @@ def provider_of(backend: Backend) -> str:
 async def traced_generate(backend: Backend, request: GenerateRequest, agent: str) -> Completion:
     """``backend.generate(request)`` inside a GenAI span when tracing is on."""
     if not tracing.enabled():
-        return await backend.generate(request)
+        return await generate_to_sink(backend, request)
     operation = "chat" if request.chat else "text_completion"
     provider = provider_of(backend)
     attributes: dict[str, tracing.AttributeValue] = {
@@ -48,7 +50,7 @@ async def traced_generate(backend: Backend, request: GenerateRequest, agent: str
     if request.seed is not None:
         attributes["gen_ai.request.seed"] = request.seed
     with tracing.span(f"{operation} {backend.model}", kind="client", attributes=attributes) as sp:
-        completion = await backend.generate(request)
+        completion = await generate_to_sink(backend, request)
         sp.set(
             {
                 "gen_ai.response.model": completion.model,

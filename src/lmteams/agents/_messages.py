@@ -15,6 +15,7 @@ __all__ = (
     "Result",
     "Stage",
     "Progress",
+    "Chunk",
     "AgentAnswer",
     "Prompt",
     "Answer",
@@ -45,6 +46,9 @@ class Task(msgspec.Struct, frozen=True, kw_only=True, tag="task"):
     submitted_at: float = 0.0  # unix seconds, set by the submitter; for queueing time
     normalizer: str = "auto"  # how votes are compared: see NORMALIZERS
     rounds: int = 3  # debate: most rounds before giving up on agreement
+    stream: bool = False
+    """Publish the answer's text as it is generated, as ``chunk`` messages on
+    ``lmt.<team>.stream.<id>`` (strategy ``single`` only); the result is unchanged."""
 
 
 class AgentAnswer(msgspec.Struct, frozen=True, kw_only=True):
@@ -108,6 +112,22 @@ class Progress(msgspec.Struct, frozen=True, kw_only=True, tag="progress"):
     stage: Stage
     detail: str = ""
     at: float = 0.0
+
+
+class Chunk(msgspec.Struct, frozen=True, kw_only=True, tag="chunk"):
+    """A piece of a streamed answer, on ``lmt.<team>.stream.<task>``: core NATS, not kept.
+
+    ``seq`` counts from 0 within one try, named by ``agent`` and ``delivery``: a task handed
+    to another agent after a crash streams again from the start under its own pair. The
+    texts of one try, joined in ``seq`` order, are its answer; ``last`` marks its final chunk.
+    """
+
+    task_id: str
+    agent: str
+    delivery: int = 1
+    seq: int = 0
+    text: str = ""
+    last: bool = False
 
 
 class Prompt(msgspec.Struct, frozen=True, kw_only=True, tag="prompt"):

@@ -18,6 +18,7 @@ import msgspec
 import structlog
 
 from lmteams import tracing
+from lmteams.agents._chunks import ChunkSink, streaming_to
 from lmteams.agents._coordinate import coordinate
 from lmteams.agents._messages import Progress, Result, Stage, Task
 from lmteams.agents._refusals import Refusals
@@ -153,7 +154,8 @@ class TaskPath:
             with anyio.fail_after(agent.config.task_timeout_s):
                 if task.strategy != "single":
                     return await coordinate(agent, task, delivery, started)
-                completion = await agent._generate(request)
+                with streaming_to(self._sink(task, delivery)):
+                    completion = await agent._generate(request)
                 return result_of(task, me, delivery, started, completion=completion)
         except BackendUnavailableError:
             raise
@@ -161,6 +163,19 @@ class TaskPath:
             kind = "timeout" if isinstance(err, TimeoutError) else "backend"
             agent.context.log.warning("task.failed", kind=kind, error=str(err))
             return result_of(task, me, delivery, started, error=(kind, str(err) or kind))
+
+    def _sink(self, task: Task, delivery: Delivery) -> ChunkSink | None:
+        """Where a streamed task's chunks go; None (nothing published) unless it asked."""
+        if not task.stream:
+            return None
+        ctx = self._agent.context
+        return ChunkSink(
+            ctx.bus,
+            ctx.subjects.stream(task.id),
+            task_id=task.id,
+            agent=ctx.actor_id,
+            delivery=delivery.deliveries,
+        )
 
     async def keep_claims(self) -> None:
         """Tell JetStream the tasks being answered are still worked on, well within ``ack_wait``.

@@ -42,6 +42,7 @@ class TaskOptions(TypedDict, total=False):
     strategy: str
     normalizer: str
     rounds: int
+    stream: bool
 
 
 def new_task(prompt: str, *, task_id: str | None = None, **options: Unpack[TaskOptions]) -> Task:

@@ -299,6 +299,7 @@ def agent_permissions(subjects: Subjects, agent: str, *, identity: str = "") -> 
             "allow": [
                 subjects.all(SubjectKind.RESULTS),
                 subjects.all(SubjectKind.PROGRESS),
+                subjects.all(SubjectKind.STREAM),  # streamed answers' chunks
                 subjects.all(SubjectKind.GOSSIP),
                 subjects.all(SubjectKind.DEAD),
                 subjects.all(SubjectKind.VOTE),
@@ -368,6 +369,7 @@ def client_permissions(subjects: Subjects, *, identity: str = "client") -> dict[
             "allow": [
                 subjects.all(SubjectKind.RESULTS),
                 subjects.all(SubjectKind.PROGRESS),
+                subjects.all(SubjectKind.STREAM),
                 f"{subjects.root}.jobs.result.>",
                 _own_inbox(identity),
                 _CALLER_INBOX,

@@ -121,6 +121,7 @@ class SubjectKind(StrEnum):
     ROLE = "role"
     RESULTS = "results"
     PROGRESS = "progress"
+    STREAM = "stream"
     GOSSIP = "gossip"
     CONTROL = "control"
     DEAD = "dead"
@@ -164,6 +165,10 @@ class Subjects(msgspec.Struct, frozen=True):
 
     def progress(self, task_id: str) -> str:
         return f"{self.root}.progress.{validate_token(task_id, 'task id')}"
+
+    def stream(self, task_id: str) -> str:
+        """A streamed task's chunks (core NATS: no stream keeps them)."""
+        return f"{self.root}.stream.{validate_token(task_id, 'task id')}"
 
     def gossip(self, topic: str) -> str:
         return f"{self.root}.gossip.{validate_token(topic, 'gossip topic')}"

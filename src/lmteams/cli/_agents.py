@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 from typing import Annotated, Any
 
@@ -15,9 +16,11 @@ from lmteams.agents import (
     NORMALIZERS,
     STRATEGIES,
     DaemonConfig,
+    Result,
     Service,
     Supervisor,
     SupervisorConfig,
+    Task,
     TeamClient,
     WorkerConfig,
     new_task,
@@ -363,6 +366,21 @@ def down(
     raise typer.Exit(code=1)
 
 
+async def _print_stream(
+    client: TeamClient, task: Task, timeout: float, *, json_out: bool
+) -> Result:
+    """Print a streamed task's chunks as they come (text, or a JSON line each); its result."""
+    async with client.run_streamed(task, timeout=timeout) as answer:
+        async for chunk in answer:
+            line = msgspec.json.encode(chunk).decode() + "\n" if json_out else chunk.text
+            sys.stdout.write(line)
+            sys.stdout.flush()
+    if not json_out:
+        sys.stdout.write("\n")
+    assert answer.result is not None  # the iterator ends only with the result
+    return answer.result
+
+
 @task_app.command("publish")
 def task_publish(
     prompt: Annotated[str, typer.Argument(help="The question or instruction.")],
@@ -387,6 +405,16 @@ def task_publish(
         str | None, typer.Option("--id", help="Task id (default: a fresh one).")
     ] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Wait for the result.")] = False,
+    stream: Annotated[
+        bool,
+        typer.Option(
+            "--stream",
+            help="Wait, printing the answer as it is generated (strategy single), then the "
+            "result as --wait does. With --json: one JSON line per chunk "
+            '({"type":"chunk","agent","delivery","seq","text","last"}), then the result\'s '
+            '({"type":"result",...}).',
+        ),
+    ] = False,
     timeout: Annotated[
         float, typer.Option(callback=positive, help="Seconds to wait with --wait.")
     ] = 300.0,
@@ -427,17 +455,21 @@ def task_publish(
             # a client only finds the operator's streams (it may not create or change them)
             settings = StreamSettings(replicas=replicas)
             await ensure_team_streams(bus, subjects, settings, update=False)
-            if not wait:
+            if stream:
+                result = await _print_stream(client, task, timeout, json_out=json_out)
+            elif not wait:
                 await client.publish(task)
                 typer.echo(
                     msgspec.json.encode({"task_id": task.id}).decode() if json_out else task.id
                 )
                 return
-            result = await client.run(task, timeout=timeout)
+            else:
+                result = await client.run(task, timeout=timeout)
         if json_out:
             typer.echo(msgspec.json.encode(result).decode())
         elif result.ok:
-            out.print(result.answer, highlight=False)
+            if not stream:  # a streamed answer is on stdout already
+                out.print(result.answer, highlight=False)
             err.print(
                 f"[dim]{result.agent} on {result.device}: {result.tokens_out} tokens in "
                 f"{result.total_s:.2f}s, {result.rounds} round(s)[/dim]"

@@ -43,6 +43,13 @@ from lmteams.hardware._sim import (
     SimulatedBackend,
     estimate_tokens,
 )
+from lmteams.hardware._streaming import (
+    STREAM_INTERVAL_S,
+    AnswerStream,
+    PolledStream,
+    StreamingBackend,
+    TextSoFar,
+)
 from lmteams.hardware._types import (
     BACKEND_KINDS,
     Backend,
@@ -64,6 +71,11 @@ __all__ = (
     "TokenCounter",
     "PromptFit",
     "prompt_fit",
+    "StreamingBackend",
+    "AnswerStream",
+    "PolledStream",
+    "TextSoFar",
+    "STREAM_INTERVAL_S",
     # backends
     "LlamaBackend",
     "LlamaStatistics",

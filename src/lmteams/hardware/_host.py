@@ -39,7 +39,8 @@ import structlog
 from lmteams.errors import BackendError
 from lmteams.hardware._llama import _log_reason, load_model
 from lmteams.hardware._models import ModelFile
-from lmteams.hardware._prompting import Prompter, budget, chosen_logprob, stop_cut
+from lmteams.hardware._prompting import Prompter, budget, chosen_logprob, watch
+from lmteams.hardware._streaming import TextSoFar
 from lmteams.hardware._types import BackendConfig, Completion, GenerateRequest, Timings
 
 if TYPE_CHECKING:
@@ -91,17 +92,24 @@ class _Job:
 
     __slots__ = (
         "allowed", "cancelled", "done", "error", "prompt", "request", "result", "seed",
-        "split", "token",
+        "so_far", "split", "token",
     )  # fmt: skip
 
-    def __init__(
-        self, request: GenerateRequest, prompt: list[int], split: int, allowed: int, seed: int
+    def __init__(  # noqa: PLR0917 - private, built in one place
+        self,
+        request: GenerateRequest,
+        prompt: list[int],
+        split: int,
+        allowed: int,
+        seed: int,
+        so_far: TextSoFar | None,
     ) -> None:
         self.request = request
         self.prompt = prompt
         self.split = split
         self.allowed = allowed
         self.seed = seed
+        self.so_far = so_far
         self.token = anyio.lowlevel.current_token()
         self.done = anyio.Event()
         self.cancelled = False
@@ -238,10 +246,15 @@ class SharedModelHost:
     async def count_tokens(self, request: GenerateRequest) -> int:
         return await anyio.to_thread.run_sync(lambda: len(self._prompter.tokens(request)))
 
-    async def generate(self, request: GenerateRequest, *, seed: int) -> Completion:
-        """Queue ``request`` and wait for its answer; cancelling frees its slot next step."""
+    async def generate(
+        self, request: GenerateRequest, *, seed: int, so_far: TextSoFar | None = None
+    ) -> Completion:
+        """Queue ``request`` and wait for its answer; cancelling frees its slot next step.
+
+        ``so_far`` (a stream's) is shown the text at most once per stream interval.
+        """
         prompt, split, allowed = await anyio.to_thread.run_sync(lambda: self._prepare(request))
-        job = _Job(request, prompt, split, allowed, seed)  # on the loop: it holds its token
+        job = _Job(request, prompt, split, allowed, seed, so_far)  # on the loop: it holds its token
         self._count("calls")
         if not job.allowed:  # nothing to generate: no need to evaluate the prompt
             self._count("completed")
@@ -453,11 +466,10 @@ class SharedModelHost:
         if job.request.logprobs:
             slot.logprobs.append(chosen_logprob(logits, token))
         slot.out.append(token)
-        if job.request.stop:
-            text = self._prompter.text(slot.out, job.prompt)
-            cut = stop_cut(text, job.request.stop)
-            if cut >= 0:
-                self._finish(slot, "stop", text=text[:cut])
+        if job.request.stop or job.so_far is not None:
+            stopped = watch(self._prompter, job.request, slot.out, job.prompt, job.so_far)
+            if stopped is not None:
+                self._finish(slot, "stop", text=stopped)
                 return
         if len(slot.out) >= job.allowed:
             self._finish(slot, "length")

@@ -40,7 +40,8 @@ from lmteams.hardware._detect import (
     physical_cores,
 )
 from lmteams.hardware._models import ModelFile, resolve_model
-from lmteams.hardware._prompting import Prompter, budget, chosen_logprob, stop_cut
+from lmteams.hardware._prompting import Prompter, budget, chosen_logprob, watch
+from lmteams.hardware._streaming import PolledStream, TextSoFar
 from lmteams.hardware._threads import run_in_thread
 from lmteams.hardware._types import (
     BACKEND_KINDS,
@@ -223,10 +224,19 @@ class LlamaBackend:
 
     async def generate(self, request: GenerateRequest) -> Completion:
         """Generate off the event loop; cancellation stops at the next token."""
+        return await self._generate(request, None)
+
+    def stream(self, request: GenerateRequest) -> PolledStream:
+        """The answer in pieces as it is decoded (see :class:`~lmteams.hardware.AnswerStream`)."""
+        return PolledStream(lambda so_far: self._generate(request, so_far), request.stop)
+
+    async def _generate(self, request: GenerateRequest, so_far: TextSoFar | None) -> Completion:
         async with self._lock:
             if self._closed:
                 raise BackendError(f"backend for {self.model} on {self.device} is closed")
-            completion = await run_in_thread(lambda stop: self._generate_sync(request, stop))
+            completion = await run_in_thread(
+                lambda stop: self._generate_sync(request, stop, so_far)
+            )
             load_s, self._pending_load_s = self._pending_load_s, 0.0
             return with_load_time(completion, load_s)
 
@@ -257,10 +267,12 @@ class LlamaBackend:
         if split:
             llm.eval(prompt[:split])
 
-    def _generate_sync(self, request: GenerateRequest, stop: threading.Event) -> Completion:
+    def _generate_sync(
+        self, request: GenerateRequest, stop: threading.Event, so_far: TextSoFar | None
+    ) -> Completion:
         self._stats["calls"] += 1
         try:
-            done = self._decode(request, stop)
+            done = self._decode(request, stop, so_far)
         except BaseException:
             self._stats["failed"] += 1
             raise
@@ -269,7 +281,9 @@ class LlamaBackend:
         self._stats["tokens_out"] += done.tokens_out
         return done
 
-    def _decode(self, request: GenerateRequest, stop: threading.Event) -> Completion:
+    def _decode(
+        self, request: GenerateRequest, stop: threading.Event, so_far: TextSoFar | None
+    ) -> Completion:
         import llama_cpp  # noqa: PLC0415
 
         llm = self._llm
@@ -310,11 +324,10 @@ class LlamaBackend:
                 if request.logprobs:
                     logprobs.append(self._chosen_logprob(int(token)))
                 tokens.append(int(token))
-                if request.stop:
-                    text = self._prompter.text(tokens, prompt)
-                    cut = stop_cut(text, request.stop)
-                    if cut >= 0:
-                        text, finish = text[:cut], "stop"
+                if request.stop or so_far is not None:
+                    stopped = watch(self._prompter, request, tokens, prompt, so_far)
+                    if stopped is not None:
+                        text, finish = stopped, "stop"
                         break
                 if len(tokens) >= allowed:
                     break

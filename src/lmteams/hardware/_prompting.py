@@ -17,12 +17,13 @@ import numpy.typing as npt
 import structlog
 
 from lmteams.errors import BackendError
+from lmteams.hardware._streaming import TextSoFar
 from lmteams.hardware._types import GenerateRequest
 
 if TYPE_CHECKING:
     from llama_cpp import Llama
 
-__all__ = ("Prompter", "chat_formatter", "budget", "stop_cut", "chosen_logprob")
+__all__ = ("Prompter", "chat_formatter", "budget", "stop_cut", "watch", "chosen_logprob")
 
 log = structlog.get_logger(__name__)
 
@@ -126,6 +127,26 @@ def budget(prompt_tokens: int, max_tokens: int, n_ctx: int) -> int:
 def stop_cut(text: str, stops: tuple[str, ...]) -> int:
     """Where the first stop string starts in ``text``, or -1."""
     return min((i for s in stops if (i := text.find(s)) >= 0), default=-1)
+
+
+def watch(
+    prompter: Prompter,
+    request: GenerateRequest,
+    tokens: list[int],
+    prompt: list[int],
+    so_far: TextSoFar | None,
+) -> str | None:
+    """After each token: the text cut at a stop string once one appears, else None.
+
+    A stream's ``so_far`` is shown the text when due; the detokenize is shared with the stop
+    check, so neither decoder pays twice for a streamed request with stop strings.
+    """
+    text = prompter.text(tokens, prompt) if request.stop else None
+    if text is not None and (cut := stop_cut(text, request.stop)) >= 0:
+        return text[:cut]
+    if so_far is not None and so_far.due():
+        so_far.show(text if text is not None else prompter.text(tokens, prompt))
+    return None
 
 
 def chosen_logprob(logits: npt.NDArray[np.float32], token: int) -> float:

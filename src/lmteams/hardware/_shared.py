@@ -23,6 +23,7 @@ from lmteams.hardware._detect import physical_cores
 from lmteams.hardware._host import SharedModelHost, SharedStatistics
 from lmteams.hardware._llama import with_load_time
 from lmteams.hardware._models import resolve_model
+from lmteams.hardware._streaming import PolledStream, TextSoFar
 from lmteams.hardware._types import BackendConfig, Completion, GenerateRequest
 
 __all__ = ("SharedBackend", "open_shared", "shared_hosts")
@@ -72,10 +73,17 @@ class SharedBackend:
 
     async def generate(self, request: GenerateRequest) -> Completion:
         """Decoded in the host's batches; cancelling frees the slot at the next step."""
+        return await self._generate(request, None)
+
+    def stream(self, request: GenerateRequest) -> PolledStream:
+        """The answer in pieces as the host decodes it (see ``AnswerStream``)."""
+        return PolledStream(lambda so_far: self._generate(request, so_far), request.stop)
+
+    async def _generate(self, request: GenerateRequest, so_far: TextSoFar | None) -> Completion:
         if self._closed:
             raise BackendError(f"backend for {self.model} on {self.device} is closed")
         seed = request.seed if request.seed is not None else self._seed
-        completion = await self._host.generate(request, seed=seed)
+        completion = await self._host.generate(request, seed=seed, so_far=so_far)
         load_s, self._pending_load_s = self._pending_load_s, 0.0
         return with_load_time(completion, load_s)
 

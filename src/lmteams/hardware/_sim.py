@@ -19,7 +19,11 @@ import anyio
 import msgspec
 
 from lmteams.errors import BackendError, ConfigError
+from lmteams.hardware._streaming import PolledStream, TextSoFar
 from lmteams.hardware._types import Completion, GenerateRequest, Timings
+
+_PIECES: Final = 4
+"""Pieces a simulated answer is streamed in: enough for a reader to see it arrive."""
 
 __all__ = (
     "DeviceClass",
@@ -261,6 +265,13 @@ class SimulatedBackend:
 
     async def generate(self, request: GenerateRequest) -> Completion:
         """Sleep for the modelled time and return a deterministic placeholder answer."""
+        return await self._generate(request, None)
+
+    def stream(self, request: GenerateRequest) -> PolledStream:
+        """The answer in ``_PIECES`` pieces spread over its modelled generation time."""
+        return PolledStream(lambda so_far: self._generate(request, so_far), request.stop)
+
+    async def _generate(self, request: GenerateRequest, so_far: TextSoFar | None) -> Completion:
         async with self._lock:
             if self._closed:
                 raise BackendError(f"simulated backend {self.device} is closed")
@@ -294,14 +305,14 @@ class SimulatedBackend:
                     raise BackendError(
                         f"simulated failure on {self.device} after {spent:.3f}s (modelled)"
                     )
-                await anyio.sleep((prompt_s + generation_s) * self._time_scale)
+                text, finish = self._answer(request, tokens_out, limit)
+                await self._sleep(prompt_s, generation_s, text, so_far)
             except anyio.get_cancelled_exc_class():
                 self._cancelled += 1
                 raise
             self._completed += 1
             self._modelled_s += prompt_s + generation_s
             load_s, self._pending_load_s = self._pending_load_s, 0.0
-            text, finish = self._answer(request, tokens_out, limit)
             return Completion(
                 text=text,
                 tokens_in=tokens_in,
@@ -312,6 +323,19 @@ class SimulatedBackend:
                 model=self.model,
                 logprobs=logprobs if request.logprobs else None,
             )
+
+    async def _sleep(
+        self, prompt_s: float, generation_s: float, text: str, so_far: TextSoFar | None
+    ) -> None:
+        """The modelled time; a stream is shown the text in even pieces over the generation."""
+        scale = self._time_scale
+        if so_far is None:
+            await anyio.sleep((prompt_s + generation_s) * scale)
+            return
+        await anyio.sleep(prompt_s * scale)
+        for piece in range(1, _PIECES + 1):
+            await anyio.sleep(generation_s / _PIECES * scale)
+            so_far.show(text[: len(text) * piece // _PIECES])
 
     @staticmethod
     def _answer(request: GenerateRequest, tokens_out: int, limit: int) -> tuple[str, str]:

@@ -30,7 +30,7 @@ import msgspec
 from synadia_ai.agent_service import AgentService, PromptStream, RequestRejectedError
 from synadia_ai.agents import AgentSubject, Envelope, ProtocolError
 
-from lmteams.agents import Prompt, WorkerAgent, WorkerService
+from lmteams.agents import Coalescing, Prompt, WorkerAgent, WorkerService, streaming_to
 from lmteams.bus import PROTOCOL_AGENT, new_id
 from lmteams.errors import AgentError, BackendError, BackendUnavailableError
 
@@ -86,6 +86,18 @@ AnswerSource = Callable[[WorkerAgent, Prompt], AsyncIterator[str]]
 """The texts of one answer, in order; each becomes one ``response`` chunk."""
 
 
+class _ResponseChunks(Coalescing):
+    """A prompt's pieces, as the protocol's ``response`` chunks."""
+
+    def __init__(self, stream: PromptStream) -> None:
+        super().__init__()
+        self._stream = stream
+
+    async def _emit(self, text: str, *, last: bool) -> None:
+        if text:
+            await self._stream.send(text)
+
+
 async def whole_answer(agent: WorkerAgent, prompt: Prompt) -> AsyncIterator[str]:
     """The answer in one chunk: what a backend that cannot stream tokens gives."""
     answer = await agent.on_prompt(prompt)
@@ -98,7 +110,7 @@ def protocol_subject(team: str, agent_id: str) -> AgentSubject:
 
 
 def protocol_service(
-    config: ProtocolServiceConfig | None = None, *, answers: AnswerSource = whole_answer
+    config: ProtocolServiceConfig | None = None, *, answers: AnswerSource | None = None
 ) -> WorkerService:
     """The worker service that registers an agent as a protocol agent while it serves."""
     settings = config or ProtocolServiceConfig()
@@ -175,15 +187,23 @@ def _prompt_of(envelope: Envelope) -> Prompt:
 
 
 async def _on_prompt(
-    agent: WorkerAgent, answers: AnswerSource, envelope: Envelope, stream: PromptStream
+    agent: WorkerAgent, answers: AnswerSource | None, envelope: Envelope, stream: PromptStream
 ) -> None:
-    """Answer one protocol prompt; a refusal is a §9 error whose code says whose fault."""
+    """Answer one protocol prompt; a refusal is a §9 error whose code says whose fault.
+
+    Without an ``answers`` source the model's own pieces go out as ``response`` chunks as
+    they are generated (coalesced as a task's stream is; a backend that cannot stream sends
+    its whole text as one)."""
     if agent.draining:
         raise RequestRejectedError(503, f"agent {agent.context.actor_id} is draining")
     prompt = _prompt_of(envelope)
     try:
-        async for text in answers(agent, prompt):
-            await stream.send(text)
+        if answers is None:
+            with streaming_to(_ResponseChunks(stream)):
+                await agent.on_prompt(prompt)
+        else:
+            async for text in answers(agent, prompt):
+                await stream.send(text)
     except BackendUnavailableError as err:
         raise RequestRejectedError(503, str(err)) from None
     except BackendError as err:
