@@ -29,6 +29,7 @@ from nats.js import api
 
 from lmteams.agents import (
     AgentIdentity,
+    Chunk,
     MemberFacts,
     Ping,
     Pong,
@@ -111,11 +112,15 @@ def test_new_nkeys_are_distinct_user_keys() -> None:
 def test_permissions_follow_the_subject_tree() -> None:
     security = team_security(TEAM, ["a1", "a2"])
     a1 = security.permissions(security.credential("a1"))
+    stream = Subjects(TEAM).all(SubjectKind.STREAM)  # answers' chunks: agents write, clients read
+    assert stream in a1["publish"]["allow"] and stream not in a1["subscribe"]["allow"]
     assert "lmt.sec.control.a1" in a1["subscribe"]["allow"]
     assert "lmt.sec.control.a2" not in a1["subscribe"]["allow"]
     assert "lmt.sec.control.>" in a1["publish"]["deny"]
     client = security.permissions(security.credential("client"))
     assert not any(".agent." in s for s in client["subscribe"]["allow"])
+    assert stream in client["subscribe"]["allow"]
+    assert not any(".stream." in s for s in client["publish"]["allow"])
     assert security.credential("admin").role is Role.ADMIN
     for name in ("a1", "client"):
         perms = security.permissions(security.credential(name))
@@ -212,6 +217,20 @@ async def test_client_cannot_impersonate_an_agent(secured: Secured) -> None:
         # nor may it speak on agents' subjects
         with pytest.raises(RequestTimeoutError):
             await client.request(s.agent("a2"), Ping(), expect=Pong, timeout=0.5)
+        # nor forge a streamed answer's chunks for another client to read
+        seen: list[Chunk] = []
+
+        async def read(inc: Incoming[Chunk]) -> None:
+            seen.append(inc.body)
+
+        await admin.subscribe(s.stream("t1"), read, codec=Codec(Chunk))
+        before = client.statistics().permission_violations
+        forged = Chunk(task_id="t1", agent="a1", delivery=1, seq=0, text="forged", last=True)
+        await client.publish(s.stream("t1"), forged)
+        await wait_until(lambda: client.statistics().permission_violations > before)
+        await admin.publish(s.stream("t1"), msgspec.structs.replace(forged, text="real"))
+        await wait_until(lambda: bool(seen))
+        assert [c.text for c in seen] == ["real"]
 
 
 async def _refused(bus: Bus, call: Callable[[], object]) -> None:
