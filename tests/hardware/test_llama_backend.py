@@ -16,6 +16,7 @@ from lmteams.hardware import (
     GenerateRequest,
     LlamaBackend,
     ModelFile,
+    TextSoFar,
     detect,
     open_backend,
 )
@@ -99,9 +100,11 @@ async def test_cancellation_stops_generation(
     in_thread = threading.Event()
     original = cpu_backend._generate_sync
 
-    def noting(request: GenerateRequest, stop: threading.Event) -> Completion:
+    def noting(
+        request: GenerateRequest, stop: threading.Event, so_far: TextSoFar | None
+    ) -> Completion:
         in_thread.set()
-        return original(request, stop)
+        return original(request, stop, so_far)
 
     monkeypatch.setattr(cpu_backend, "_generate_sync", noting)
     async with anyio.create_task_group() as tg:
@@ -125,7 +128,9 @@ async def test_calls_are_serialised_and_the_loop_keeps_ticking(
     guard = threading.Lock()
     original = cpu_backend._generate_sync
 
-    def counting(request: GenerateRequest, stop: threading.Event) -> Completion:
+    def counting(
+        request: GenerateRequest, stop: threading.Event, so_far: TextSoFar | None
+    ) -> Completion:
         nonlocal active, peak
         with guard:
             active += 1
@@ -133,7 +138,7 @@ async def test_calls_are_serialised_and_the_loop_keeps_ticking(
         try:
             # a blocked loop could never set it: the call would wait here in vain
             assert loop_ran.wait(60), "the event loop stood still during a model call"
-            return original(request, stop)
+            return original(request, stop, so_far)
         finally:
             with guard:
                 active -= 1
