@@ -61,7 +61,6 @@ from lmteams.consensus import LeaderElection
 from lmteams.errors import ConfigError, LmteamsError
 from lmteams.gossip import open_membership
 from lmteams.hardware import BACKEND_KINDS, BackendConfig, ModelFile, resolve_model
-from lmteams.interop import protocol_service
 from lmteams.jobs import COORDINATOR_ROLE, JobServiceConfig, job_service
 
 __all__ = ("agent_app", "up", "down", "task_app")
@@ -219,6 +218,9 @@ def agent_start(
     # the job service stands for the coordinator lease itself (its holder runs the jobs)
     services = [_standing_for(team, r, lease_ttl) for r in elect or () if r != COORDINATOR_ROLE]
     jobs = job_service(JobServiceConfig(lease_ttl_s=lease_ttl, replicas=replicas))
+    # imported here: the protocol SDKs (and pydantic) cost every other verb 0.2 s to load
+    from lmteams.interop import protocol_service  # noqa: PLC0415
+
     code = run_async(
         lambda: run_daemon(
             config,

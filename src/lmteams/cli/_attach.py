@@ -38,7 +38,6 @@ from lmteams.cli._common import (
 from lmteams.cli._common import token as check_token
 from lmteams.errors import LmteamsError
 from lmteams.gossip import open_membership
-from lmteams.interop import ProtocolBackendConfig, ProtocolTarget, attach
 from lmteams.jobs import JobServiceConfig, job_service
 
 __all__ = ("attach_cmd",)
@@ -89,6 +88,9 @@ def attach_cmd(
     team_subjects(team)
     check_token(name, "agent name", "--name")
     auth = _auth(nkey_seed, user, creds, tls_ca)
+    # imported here: the protocol SDKs (and pydantic) cost every other verb 0.2 s to load
+    from lmteams.interop import ProtocolBackendConfig, ProtocolTarget, attach  # noqa: PLC0415
+
     target = ProtocolTarget(agent=agent, owner=owner, session=session)
     identity = daemon_identity(DaemonConfig(team=team, name=name, auth=auth), name)
     worker = WorkerConfig(
