@@ -176,6 +176,10 @@ class Supervisor:
         while not self._stopping:
             with child.log_path.open("ab") as out:
                 child.proc = await spawn(self.argv(child.name, model), stdout=out, stderr=out)
+            if self._stopping:  # stop() came while it started, and saw the one before it
+                with anyio.CancelScope(shield=True):
+                    await terminate(child.proc, timeout=self.config.drain_timeout_s + 5)
+                return
             started = time.monotonic()
             log.info("supervisor.agent_started", agent=child.name, pid=child.proc.pid)
             code = await child.proc.wait()
