@@ -16,8 +16,10 @@ import msgspec
 from lmteams.agents import Task, WorkerAgent, get_strategy, new_task
 from lmteams.errors import LmteamsError
 from lmteams.hardware import GenerateRequest
+from lmteams.jobs._board import Commit, JobBoard
+from lmteams.jobs._ledger import Ledger
 
-__all__ = ("AttemptOutcome", "run_attempt")
+__all__ = ("AttemptOutcome", "run_attempt", "settle")
 
 
 class AttemptOutcome(msgspec.Struct, frozen=True, kw_only=True):
@@ -80,3 +82,40 @@ async def _verify(agent: WorkerAgent, task: Task, started: float) -> AttemptOutc
         started_at=started,
         ended_at=time.time(),
     )
+
+
+async def settle(
+    board: JobBoard,
+    ledger: Ledger,
+    outcome: AttemptOutcome,
+    *,
+    job_id: str,
+    index: int,
+    claim_rev: int,
+    agent: str,
+    prompt: str,
+) -> Commit:
+    """Commit ``outcome`` under its claim (or fail the attempt), and count into ``ledger`` a
+    copy the board refused: the one path the coordinator's reports and a self-organizing
+    agent's own attempts take to the board."""
+    if outcome.ok:
+        result = await board.commit(
+            job_id,
+            index,
+            claim_rev,
+            agent,
+            output=outcome.output,
+            prompt=prompt,
+            tokens_in=outcome.tokens_in,
+            tokens_out=outcome.tokens_out,
+            started_at=outcome.started_at,
+            ended_at=outcome.ended_at,
+        )
+    else:
+        result = await board.fail(job_id, index, claim_rev, agent, outcome.error)
+    wasted = outcome.ended_at - outcome.started_at
+    if result is Commit.FENCED:
+        await ledger.add(job_id, fenced=1, wasted_s=wasted)
+    elif result is Commit.LOST:
+        await ledger.add(job_id, backups_lost=1, wasted_s=wasted)
+    return result

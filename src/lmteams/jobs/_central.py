@@ -26,6 +26,7 @@ from lmteams.agents import WorkerAgent
 from lmteams.bus import JOB_REPORTS_CONSUMER, Codec, Incoming, open_consumer
 from lmteams.errors import BusError, ConfigError, DecodeError
 from lmteams.hardware import AgentLoad, expected_finish
+from lmteams.jobs._attempt import AttemptOutcome, settle
 from lmteams.jobs._board import Commit, JobBoard, JobView
 from lmteams.jobs._finish import job_over
 from lmteams.jobs._graph import Subtask
@@ -143,26 +144,25 @@ class Coordinator:
             await self.board.decline(r.job_id, r.index, r.claim_rev, r.agent)
             return Commit.ENDED
         self._cooling.pop(r.agent, None)  # it finished something: free again
-        if r.ok:
-            outcome = await self.board.commit(
-                r.job_id,
-                r.index,
-                r.claim_rev,
-                r.agent,
-                output=r.output,
-                prompt=r.prompt,
-                tokens_in=r.tokens_in,
-                tokens_out=r.tokens_out,
-                started_at=r.started_at,
-                ended_at=r.ended_at,
-            )
-        else:
-            outcome = await self.board.fail(r.job_id, r.index, r.claim_rev, r.agent, r.error)
-        wasted = r.ended_at - r.started_at
-        if outcome is Commit.FENCED:
-            await self.ledger.add(r.job_id, fenced=1, wasted_s=wasted)
-        elif outcome is Commit.LOST:
-            await self.ledger.add(r.job_id, backups_lost=1, wasted_s=wasted)
+        done = AttemptOutcome(
+            ok=r.ok,
+            output=r.output,
+            error=r.error,
+            tokens_in=r.tokens_in,
+            tokens_out=r.tokens_out,
+            started_at=r.started_at,
+            ended_at=r.ended_at,
+        )
+        outcome = await settle(
+            self.board,
+            self.ledger,
+            done,
+            job_id=r.job_id,
+            index=r.index,
+            claim_rev=r.claim_rev,
+            agent=r.agent,
+            prompt=r.prompt,
+        )
         self._log.info(
             "jobs.report", job_id=r.job_id, index=r.index, agent=r.agent, outcome=str(outcome)
         )

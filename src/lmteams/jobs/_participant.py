@@ -24,7 +24,7 @@ from lmteams.agents import WorkerAgent
 from lmteams.bus import Codec, Incoming, publish_durable, validate_token
 from lmteams.errors import BusError, ConfigError, EncodeError, RevisionMismatchError
 from lmteams.hardware import GenerateRequest
-from lmteams.jobs._attempt import AttemptOutcome, run_attempt
+from lmteams.jobs._attempt import AttemptOutcome, run_attempt, settle
 from lmteams.jobs._board import Commit, JobBoard, JobView
 from lmteams.jobs._finish import job_over
 from lmteams.jobs._ledger import Ledger
@@ -499,30 +499,18 @@ class _SelfOrganizing:
 
     async def _settle(self, attempt: _Attempt, outcome: AttemptOutcome, prompt: str) -> None:
         p = self.p
-        if outcome.ok:
-            result = await p.board.commit(
-                self.job_id,
-                attempt.index,
-                attempt.claim_rev,
-                p.name,
-                output=outcome.output,
-                prompt=prompt,
-                tokens_in=outcome.tokens_in,
-                tokens_out=outcome.tokens_out,
-                started_at=outcome.started_at,
-                ended_at=outcome.ended_at,
-            )
-        else:
-            result = await p.board.fail(
-                self.job_id, attempt.index, attempt.claim_rev, p.name, outcome.error
-            )
-        wasted = outcome.ended_at - outcome.started_at
+        result = await settle(
+            p.board,
+            p.ledger,
+            outcome,
+            job_id=self.job_id,
+            index=attempt.index,
+            claim_rev=attempt.claim_rev,
+            agent=p.name,
+            prompt=prompt,
+        )
         if result is Commit.COMMITTED and outcome.ok:
             await p.ledger.add(self.job_id, commits=1)
-        elif result is Commit.FENCED:
-            await p.ledger.add(self.job_id, fenced=1, wasted_s=wasted)
-        elif result is Commit.LOST:
-            await p.ledger.add(self.job_id, backups_lost=1, wasted_s=wasted)
         p._log.info("jobs.settled", job_id=self.job_id, index=attempt.index, outcome=str(result))
 
     async def _expire(self, view: JobView) -> None:
