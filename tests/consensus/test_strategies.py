@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import anyio
 import msgspec
 
-from lmteams.agents import TeamClient, open_runtime
-from lmteams.bus import Bus
+from lmteams.agents import Result, TeamClient, open_runtime
+from lmteams.bus import TASKS_CONSUMER, Bus, Subjects
 from lmteams.consensus import verify_quorum
+from lmteams.testing import wait_until
 
 from .conftest import Equivocator, Forger, KeySwapper, ScriptedAgent, says, spawn_team
 
@@ -164,6 +166,31 @@ async def test_too_few_live_agents_is_a_clear_error(bus: Bus, team_name: str) ->
         result = await TeamClient(bus, team_name).submit("q", strategy="vote", agents=3, timeout=30)
     assert not result.ok and result.error_kind == "agents"
     assert "asks for 3 agents but 1 are available" in result.error
+
+
+async def test_a_coordinator_waits_for_peers_it_has_not_heard_of_yet(
+    bus: Bus, team_name: str
+) -> None:
+    """A task taken the moment a team starts must not fail because an announcement is late."""
+    results: list[Result] = []
+    async with open_runtime(bus, team_name) as rt:
+        await spawn_team(rt, {"first": ScriptedAgent(says("42"))})
+        stream = Subjects(team_name).tasks_stream
+
+        async def taken() -> bool:
+            info = await bus.js.consumer_info(stream, TASKS_CONSUMER)
+            return info.num_ack_pending == 1
+
+        async def submit() -> None:
+            client = TeamClient(bus, team_name)
+            results.append(await client.submit("q", strategy="vote", agents=2, timeout=30))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(submit)
+            await wait_until(taken, timeout=15)  # the coordinator holds the task, alone
+            await rt.spawn(ScriptedAgent(says("42")), actor_id="late", roles=("worker",))
+    (result,) = results
+    assert result.ok and sorted(a.agent for a in result.answers) == ["first", "late"]
 
 
 async def test_a_vote_signed_with_a_key_other_than_the_bound_one_is_flagged(

@@ -33,7 +33,7 @@ class DebateStrategy:
     name = "debate"
 
     async def run(self, ctx: StrategyContext, task: Task) -> Outcome:
-        agents = choose_agents(ctx, task)
+        agents = await choose_agents(ctx, task)
         if agents is None:
             return not_enough_agents(ctx, task)
         norm = normalizer(task.normalizer)

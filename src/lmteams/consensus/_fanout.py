@@ -31,9 +31,19 @@ def available_agents(ctx: StrategyContext) -> list[str]:
     return sorted({*names, ctx.agent_id})
 
 
-def choose_agents(ctx: StrategyContext, task: Task) -> list[str] | None:
-    """``task.agents`` distinct available agents, this one first, the rest drawn by task id."""
+GATHER_S = 3.0
+"""How long a coordinator waits for enough members to be known before it gives up: one that
+has just started has heard of its peers only after their next announcement."""
+
+
+async def choose_agents(ctx: StrategyContext, task: Task) -> list[str] | None:
+    """``task.agents`` distinct available agents, this one first, the rest drawn by task id;
+    ``None`` when the team has not that many within ``GATHER_S``."""
     available = available_agents(ctx)
+    with anyio.move_on_after(min(GATHER_S, ctx.ask_timeout_s)):
+        while len(available) < task.agents:
+            await ctx.membership.wait_changed()
+            available = available_agents(ctx)
     if len(available) < task.agents:
         return None
     others = [a for a in available if a != ctx.agent_id]

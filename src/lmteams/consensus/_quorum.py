@@ -68,7 +68,7 @@ class QuorumStrategy:
     name = "quorum"
 
     async def run(self, ctx: StrategyContext, task: Task) -> Outcome:
-        agents = choose_agents(ctx, task)
+        agents = await choose_agents(ctx, task)
         if agents is None:
             return not_enough_agents(ctx, task)
         f = faults_tolerated(len(agents))

@@ -58,7 +58,7 @@ class VoteStrategy:
         return confidence * self.record.weight(answer.agent)
 
     async def run(self, ctx: StrategyContext, task: Task) -> Outcome:
-        agents = choose_agents(ctx, task)
+        agents = await choose_agents(ctx, task)
         if agents is None:
             return not_enough_agents(ctx, task)
         norm = normalizer(task.normalizer)
