@@ -121,6 +121,41 @@ async def test_cancellation_stops_generation(
     assert cpu_backend.statistics().completed == 1
 
 
+async def test_closing_under_a_running_decode_waits_for_it(
+    default_model: ModelFile, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An event loop shutting down cancels natively, past every shield, and its teardown
+    closes the backend while a decode still runs in its thread: the model must outlive it
+    (freeing it there was a segfault that took the whole process down)."""
+    backend = await LlamaBackend.open(BackendConfig(kind="cpu", model=default_model.name))
+    in_thread = threading.Event()
+    original = backend._generate_sync
+
+    def noting(
+        request: GenerateRequest, stop: threading.Event, so_far: TextSoFar | None
+    ) -> Completion:
+        in_thread.set()
+        return original(request, stop, so_far)
+
+    monkeypatch.setattr(backend, "_generate_sync", noting)
+    finished: list[Completion] = []
+
+    async def generate() -> None:
+        finished.append(await backend.generate(COUNTING))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(generate)
+        await anyio.to_thread.run_sync(in_thread.wait, 60)
+        backend._closed = True  # what aclose does, without waiting for the call's lock
+        await anyio.to_thread.run_sync(backend._close_sync)
+    (done,) = finished
+    assert done.finish_reason == "cancelled" and done.tokens_out < COUNTING.max_tokens
+    with pytest.raises(BackendError, match="closed"):
+        await backend.generate(GenerateRequest(prompt="Hi!", max_tokens=4))
+    with pytest.raises(BackendError, match="closed"):
+        await backend.count_tokens(GenerateRequest(prompt="Hi!"))
+
+
 async def test_calls_are_serialised_and_the_loop_keeps_ticking(
     cpu_backend: LlamaBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -175,6 +175,12 @@ class LlamaBackend:
         self._device = device
         self._pending_load_s = load_s
         self._lock = anyio.Lock()
+        # The model's memory is guarded in the threads that touch it too: a caller torn down
+        # by its event loop closing (native cancellation, which no anyio shield holds) leaves
+        # its decode running, and freeing the context under it is a segfault.
+        self._users = threading.Condition()
+        self._using = 0
+        self._stops: set[threading.Event] = set()
         self._closed = False
         self._n_vocab = int(llm.n_vocab())
         self._prompter = Prompter(llm, model.name)
@@ -208,7 +214,11 @@ class LlamaBackend:
 
     async def count_tokens(self, request: GenerateRequest) -> int:
         """Prompt tokens with the model's tokenizer and chat template, off the event loop."""
-        return await anyio.to_thread.run_sync(lambda: len(self._prompter.tokens(request)))
+        return await anyio.to_thread.run_sync(lambda: self._count_sync(request))
+
+    def _count_sync(self, request: GenerateRequest) -> int:
+        with self._use():
+            return len(self._prompter.tokens(request))
 
     @classmethod
     async def open(cls, config: BackendConfig) -> LlamaBackend:
@@ -246,7 +256,32 @@ class LlamaBackend:
             if self._closed:
                 return
             self._closed = True
-            await anyio.to_thread.run_sync(self._llm.close)
+            await anyio.to_thread.run_sync(self._close_sync)
+
+    def _close_sync(self) -> None:
+        with self._users:
+            for stop in self._stops:
+                stop.set()
+            self._users.wait_for(lambda: self._using == 0)
+            self._llm.close()
+
+    @contextlib.contextmanager
+    def _use(self, stop: threading.Event | None = None) -> Iterator[None]:
+        """Hold the model in this thread; closing waits until no thread holds it."""
+        with self._users:
+            if self._closed:
+                raise BackendError(f"backend for {self.model} on {self.device} is closed")
+            self._using += 1
+            if stop is not None:
+                self._stops.add(stop)
+        try:
+            yield
+        finally:
+            with self._users:
+                self._using -= 1
+                if stop is not None:
+                    self._stops.discard(stop)
+                self._users.notify_all()
 
     # -- worker-thread side -------------------------------------------------------------------
 
@@ -268,6 +303,12 @@ class LlamaBackend:
             llm.eval(prompt[:split])
 
     def _generate_sync(
+        self, request: GenerateRequest, stop: threading.Event, so_far: TextSoFar | None
+    ) -> Completion:
+        with self._use(stop):
+            return self._counted(request, stop, so_far)
+
+    def _counted(
         self, request: GenerateRequest, stop: threading.Event, so_far: TextSoFar | None
     ) -> Completion:
         self._stats["calls"] += 1
