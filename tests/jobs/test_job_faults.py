@@ -265,7 +265,11 @@ async def test_five_agents_racing_commit_every_subtask_once(
     # every successful claim is one attempt in the bucket: none was taken twice
     assert total(view, "claims") == sum(s.attempt for s in view.states)
     conflicts = total(view, "conflicts")
-    assert conflicts >= 0
+    # an agent loses a subtask at most once per revision of it it saw ready (the first
+    # pending one, and one after each release): it never claims again from a view that
+    # old, however far behind its watch runs
+    chances = total(view, "claims") + total(view, "released")
+    assert conflicts <= (len(names) - 1) * chances
     record_property("conflicts", conflicts)
     print(f"conflicts: {conflicts}, claims: {total(view, 'claims')}")
 

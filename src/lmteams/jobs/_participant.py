@@ -321,6 +321,10 @@ class _SelfOrganizing:
         self.p = p
         self.job_id = job_id
         self._seen: dict[int, tuple[int, float]] = {}  # index -> (revision, first seen)
+        # index -> the revision a claim of it lost against: the entry has moved past it, so
+        # a view still showing it there is stale and claiming from it only loses again
+        # (with eight agents under load, retrying on such views made thousands of conflicts)
+        self._lost_at: dict[int, int] = {}
 
     async def run(self) -> None:
         async with (
@@ -402,6 +406,7 @@ class _SelfOrganizing:
             order = await self._ask_model(view, ready)
         else:
             order = _staggered(ready, view.record.participants, p.name)
+        order = [i for i in order if view.revisions[i] > self._lost_at.get(i, -1)]
         conflicts = 0
         try:
             for i in order:
@@ -415,6 +420,7 @@ class _SelfOrganizing:
                 )
                 if claimed is None:
                     conflicts += 1
+                    self._lost_at[i] = view.revisions[i]
                     continue
                 await p.ledger.add(self.job_id, claims=1, conflicts=conflicts)
                 conflicts = 0
