@@ -420,12 +420,15 @@ class _Cell:
             self._log.warning("actor.reply_failed", error=f"{type(exc).__name__}: {exc}"[:500])
 
     async def _refuse_leftovers(self, receive: MemoryObjectReceiveStream[Incoming[Any]]) -> None:
-        while True:
-            try:
-                incoming = receive.receive_nowait()
-            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
-                return
-            await self._refuse(incoming, "actor_dead", f"actor {self.actor_id} stopped")
+        """Refuse what is still queued, then close the mailbox (an actor whose start failed
+        never served it, so nothing else closes it)."""
+        with receive:
+            while True:
+                try:
+                    incoming = receive.receive_nowait()
+                except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                    return
+                await self._refuse(incoming, "actor_dead", f"actor {self.actor_id} stopped")
 
     async def _on_decode_error(self, msg: RawMsg, err: DecodeError) -> None:
         self.errors += 1
