@@ -18,13 +18,17 @@ from lmteams.errors import ConfigError, LmteamsError
 from lmteams.study import (
     DEFAULT_TOKENS_PER_S,
     PaperData,
+    PaperFindings,
     Policy,
     RunMetrics,
     SpeedupRow,
     count_runs,
     example_config,
+    findings_definitions,
+    findings_tables,
     load_experiment,
     paper_data_dir,
+    paper_findings,
     paper_graphs,
     paper_speedups,
     predict,
@@ -107,15 +111,18 @@ def paper_cmd(
     json_out: JsonFlag = False,
     rows: Annotated[bool, typer.Option("--rows", help="Every cell, not the pivot.")] = False,
 ) -> None:
-    """Recompute the paper's speedups from its runs and summarize them against Amdahl."""
+    """Recompute the paper's speedups and its other figures (success, cost, conflicts,
+    stragglers, latency fits, Kruskal-Wallis per mode) from its runs and events."""
     try:
-        runs = PaperData(paper_data).runs
+        data = PaperData(paper_data)
+        runs = data.runs
+        cells = paper_speedups(runs)
+        summary = speedup_summary(runs)
+        findings = paper_findings(data, summary)
     except LmteamsError as exc:
         raise _fail(exc) from exc
-    cells = paper_speedups(runs)
-    summary = speedup_summary(runs)
     if json_out:
-        _json({"rows": cells, "summary": summary})
+        _json({"rows": cells, "summary": summary, "findings": findings})
         return
     table = Table(title="paper speedups (cells)", title_justify="left")
     if rows:
@@ -128,7 +135,7 @@ def paper_cmd(
                 f"{c.speedup:.2f}", f"{c.amdahl:.2f}",
             )  # fmt: skip
     else:
-        table.caption = "mean cell speedup / Amdahl bound, over models and domains"
+        table.caption = "mean cell speedup / Amdahl's prediction, over models and domains"
         table.add_column("mode", no_wrap=True)
         table.add_column("p")
         sizes = sorted({c.n_agents for c in cells if c.n_agents > 1})
@@ -155,6 +162,20 @@ def paper_cmd(
             )
     if not summary.scipy:
         _out.print("(install scipy for the Wilcoxon and Kruskal-Wallis tests)", highlight=False)
+    _print_findings(findings)
+
+
+def _print_findings(findings: PaperFindings) -> None:
+    for found in findings_tables(findings):
+        table = Table(title=found.title, title_justify="left")
+        for column in found.columns:
+            named = column in ("figure", "mode", "model")
+            table.add_column(column, justify="left" if named else "right", no_wrap=named)
+        for row in found.rows:
+            table.add_row(*row)
+        _out.print(table)
+    for name, text in findings_definitions().items():
+        _out.print(f"{name}: {text}", highlight=False)
 
 
 def _mean_vs_amdahl(cells: list[SpeedupRow], n: int) -> str:

@@ -24,14 +24,33 @@ from lmteams.jobs._graphio import (
 )
 from lmteams.study._experiment import (
     ExperimentConfig,
+    FaultSetting,
     count_runs,
     example_config,
     load_experiment,
     resolve_graph,
     run_experiment,
 )
+from lmteams.study._figures import cost_figure, speedup_figure, write_figures
+from lmteams.study._findings import (
+    FindingsTable,
+    LatencyFit,
+    PaperFigure,
+    PaperFindings,
+    findings_definitions,
+    findings_markdown,
+    findings_tables,
+    paper_findings,
+)
 from lmteams.study._latency import LatencyBackend
 from lmteams.study._metrics import AgentMetrics, BusTraffic, RunMetrics, bus_traffic
+from lmteams.study._montecarlo import (
+    CallModel,
+    Interval,
+    MakespanDistribution,
+    call_model,
+    sample_makespans,
+)
 from lmteams.study._paper import (
     PAPER_DATA_ENV,
     LatencySamples,
@@ -46,7 +65,22 @@ from lmteams.study._paper import (
     read_llm_calls,
     read_runs,
 )
-from lmteams.study._plan import Plan, PlanOption, calibrate_overhead, plan, predict_makespan
+from lmteams.study._plan import (
+    OBJECTIVES,
+    Objective,
+    OptionPrediction,
+    Overhead,
+    Plan,
+    PlanOption,
+    Verification,
+    calibrate_overhead,
+    calibrate_overheads,
+    choose_option,
+    plan,
+    predict_makespan,
+    predict_option,
+    verify_plan,
+)
 from lmteams.study._predict import (
     Prediction,
     amdahl_speedup,
@@ -83,6 +117,15 @@ from lmteams.study._speedup import (
     run_speedups,
     speedup_summary,
 )
+from lmteams.study._stats import (
+    CellStat,
+    Condition,
+    SweepStats,
+    TestResult,
+    bootstrap_ratio,
+    pooled_baselines,
+    sweep_stats,
+)
 from lmteams.study._team import (
     STEADY_TOKENS_PER_S,
     StudyTeam,
@@ -94,6 +137,18 @@ from lmteams.study._team import (
 )
 
 __all__ = (
+    # sweep statistics and figures
+    "CellStat",
+    "Condition",
+    "SweepStats",
+    "TestResult",
+    "FaultSetting",
+    "bootstrap_ratio",
+    "pooled_baselines",
+    "sweep_stats",
+    "speedup_figure",
+    "cost_figure",
+    "write_figures",
     # task graphs
     "Subtask",
     "TaskGraph",
@@ -143,6 +198,15 @@ __all__ = (
     "SpeedupStats",
     "SpeedupSummary",
     "GroupStat",
+    # the paper's other figures
+    "paper_findings",
+    "PaperFindings",
+    "PaperFigure",
+    "LatencyFit",
+    "FindingsTable",
+    "findings_tables",
+    "findings_markdown",
+    "findings_definitions",
     # team runs on the bus
     "open_team",
     "StudyTeam",
@@ -179,4 +243,19 @@ __all__ = (
     "PlanOption",
     "predict_makespan",
     "calibrate_overhead",
+    "OBJECTIVES",
+    "Objective",
+    "OptionPrediction",
+    "choose_option",
+    "predict_option",
+    "Overhead",
+    "calibrate_overheads",
+    "Verification",
+    "verify_plan",
+    # Monte Carlo predictions
+    "CallModel",
+    "Interval",
+    "MakespanDistribution",
+    "call_model",
+    "sample_makespans",
 )

@@ -6,6 +6,12 @@ heavy-tailed. To replay the paper's conditions, a study agent can draw each call
 from a lognormal fitted to ``events.parquet`` (or resample the measured latencies directly),
 scaled by the subtask's size relative to the paper's typical task, and sleep for it times a
 ``time_scale`` so a whole sweep runs in seconds.
+
+A decentralized agent choosing with its model (``choose = "model"``) sends this backend the
+engine's claim prompt: it is answered by :mod:`lmteams.study._claim` with a settable quality
+(``claim_error``), and costs what a reply of its length costs (``max_tokens`` of the
+reference call), or, with ``full_claims``, one whole call's latency, as the paper's agents
+paid: they re-read the board and answered at length every round.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import anyio
 from lmteams.errors import BackendError, ConfigError
 from lmteams.hardware import Completion, GenerateRequest, Timings, estimate_tokens
 from lmteams.jobs._graph import DEFAULT_WORK_TOKENS
+from lmteams.study._claim import answer_claim
 from lmteams.study._paper import LognormalFit
 
 __all__ = ("LatencyBackend",)
@@ -45,6 +52,8 @@ class LatencyBackend:
         straggler_prob: float = 0.0,
         straggler_factor: float = 3.0,
         failure_prob: float = 0.0,
+        claim_error: float = 0.0,
+        full_claims: bool = False,
     ) -> None:
         if fit is None and not samples:
             raise ConfigError("LatencyBackend needs a lognormal fit or latency samples")
@@ -62,6 +71,12 @@ class LatencyBackend:
         self._straggler_prob = straggler_prob
         self._straggler_factor = straggler_factor
         self._failure_prob = failure_prob
+        if not 0.0 <= claim_error <= 1.0:
+            raise ConfigError(f"claim_error must be in [0, 1], got {claim_error}")
+        self._claim_error = claim_error
+        self._full_claims = full_claims
+        # claims draw from their own stream, so a chooser's quality leaves latencies alone
+        self._claim_rng = random.Random(seed ^ 0xC1A1)
         self._lock = anyio.Lock()
         self.calls = 0
         self.failures = 0
@@ -98,15 +113,18 @@ class LatencyBackend:
             fails, fail_at = self._rng.random() < self._failure_prob, self._rng.random()
             slow = self._straggler_factor if self._rng.random() < self._straggler_prob else 1.0
             tokens_out = max(1, request.max_tokens)
-            seconds = self._draw() * slow * tokens_out / self._reference
+            claim = answer_claim(request.prompt, self._claim_rng, self._claim_error)
+            size = self._reference if claim is not None and self._full_claims else tokens_out
+            seconds = self._draw() * slow * size / self._reference
             self.calls += 1
             if fails:
                 await anyio.sleep(seconds * fail_at * self._time_scale)
                 self.failures += 1
                 raise BackendError(f"injected failure on {self.device} (modelled)")
             await anyio.sleep(seconds * self._time_scale)
+        work = f"sim answer to: {' '.join(request.prompt.split())[:48]}"
         return Completion(
-            text=f"sim answer to: {' '.join(request.prompt.split())[:48]}",
+            text=work if claim is None else claim,
             tokens_in=estimate_tokens(request.prompt) + estimate_tokens(request.system or ""),
             tokens_out=tokens_out,
             timings=Timings(generation_s=seconds),

@@ -24,8 +24,9 @@ import anyio
 import msgspec
 import structlog
 
-from lmteams.jobs import JobResult, JobView
+from lmteams.jobs import MAX_FAILURES, JobResult, JobView
 from lmteams.jobs._graph import TaskGraph
+from lmteams.study._claim import parse_claim_prompt
 from lmteams.study._predict import amdahl_speedup, work_span_speedup
 from lmteams.study._team import ModelCall, StudyTeam
 
@@ -74,7 +75,9 @@ class RunMetrics(msgspec.Struct, frozen=True, kw_only=True):
     scheduling: str
     devices: tuple[str, ...]
     straggler_rate: float
+    """Share of model calls slowed down (the fault setting, not a measurement)."""
     crash_rate: float
+    """Share of model calls that fail and are retried (the fault setting)."""
     seed: int
     time_scale: float
     makespan_s: float
@@ -90,6 +93,7 @@ class RunMetrics(msgspec.Struct, frozen=True, kw_only=True):
     duplicates: int
     """Extra completed copies of a subtask (backups that finished too; only one commits)."""
     tokens_in: int
+    """Work tokens: prompts of subtask attempts (coordination apart, below)."""
     tokens_out: int
     messages: int
     bytes: int
@@ -123,6 +127,27 @@ class RunMetrics(msgspec.Struct, frozen=True, kw_only=True):
     efficiency: float | None = None
     baseline_s: float | None = None
     predicted_s: float | None = None
+    choose: str = "first"
+    """How decentralized agents picked what to claim: ``first`` (longest remaining chain) or
+    ``model`` (their model read the board; see ``JobOptions.choose``)."""
+    claim_error: float = 0.0
+    """A simulated chooser's chance of a bad pick (the setting, not a measurement)."""
+    coordination_tokens_in: int = 0
+    """Tokens spent choosing what to claim, apart from the work's ``tokens_in``."""
+    coordination_tokens_out: int = 0
+    coordination_calls: int = 0
+    """Model calls that answered no subtask (a model choosing what to claim)."""
+    coordination_s: float = 0.0
+    """Modelled seconds those calls took, summed over the agents."""
+    straggler_factor: float = 3.0
+    """How many times slower a straggling call is (the fault setting)."""
+    max_failures: int = MAX_FAILURES
+    """Failed attempts a subtask may have before it fails the job: the retry limit."""
+    succeeded: bool = True
+    """False for a job that failed (a subtask ran out of retries): its measures read 0 and
+    the paper's statistics, over successful runs, leave it out."""
+    error: str = ""
+    """Why a failed run failed."""
 
 
 async def bus_traffic(monitor_url: str | None) -> BusTraffic:
@@ -232,6 +257,7 @@ def job_metrics(
     scheduling: str,
     traffic: BusTraffic,
     seed: int,
+    choose: str = "first",
 ) -> RunMetrics:
     """The study's measures of one job: its figures in modelled seconds, per agent, replayed.
 
@@ -245,6 +271,7 @@ def job_metrics(
     makespan = figures.makespan_s / scale
     tallies = view.tallies if view is not None else {}
     replayed = _task_calls(graph, result, calls, index)
+    coordination = [c for c in calls if c.agent in index and parse_claim_prompt(c.prompt)]
     committed = Counter(r.agent for r in result.subtasks if r.status == "done")
     failures = Counter(c.agent for c in calls if not c.ok and not c.cancelled)
     completed = Counter(c.task for c in replayed if c.ok)
@@ -271,6 +298,7 @@ def job_metrics(
         scheduling=scheduling,
         devices=tuple(m.device for m in members),
         straggler_rate=team.straggler_rate,
+        straggler_factor=team.straggler_factor,
         crash_rate=team.crash_rate,
         seed=seed,
         time_scale=scale,
@@ -299,6 +327,12 @@ def job_metrics(
         work_s=figures.work_s / scale,
         bound_fraction=figures.bound_fraction,
         attempt_bound_fraction=_attempt_bound_fraction(graph, result),
+        choose=choose,
+        claim_error=team.claim_error if choose == "model" else 0.0,
+        coordination_tokens_in=figures.coordination_tokens_in,
+        coordination_tokens_out=figures.coordination_tokens_out,
+        coordination_calls=len(coordination),
+        coordination_s=sum(c.modelled_s for c in coordination),
     )
 
 

@@ -1,11 +1,18 @@
 """The planner the paper names as future work: which team size and architecture to use.
 
-For each candidate (team size x architecture x scheduling) it plays the graph out with the
-exact simulator at the devices' expected rates, plus a per-subtask overhead for what the
-model leaves out (a bus round trip, a claim): the overhead is calibrated by timing a short
-chain on one real agent, which is all a planner can afford before committing a team.
-The recommendation is the smallest team whose makespan is within ``tolerance`` of the best
-option's: beyond that, agents cost more than the time they save.
+Each candidate (team size x architecture x scheduling) is predicted by Monte Carlo
+(:mod:`lmteams.study._montecarlo`): the job engine's placement rules played out many times
+over the devices' own latency distributions, stragglers and crash retries included, plus a
+per-subtask overhead for what no latency model holds (a bus round trip, a claim), calibrated
+on one real agent. A planner that plans with mean rates is biased low on exactly the devices
+that matter: a barrier waits for the slowest of n calls and a heavy tail lands on someone's
+critical path. So every option carries its mean makespan with two 90 % intervals, one for a
+single run and one for the mean of the ``repetitions`` runs a user plans, and the exact
+simulator's figure at expected rates beside them (the gap is what variance costs).
+
+The recommendation follows a stated objective: ``fastest`` (the smallest mean makespan; among
+options within ``tolerance`` of it the fewest agents), ``cheapest`` (the fewest tokens, then
+the fewest agent-seconds) or ``fastest-within-budget`` (the fastest whose tokens fit).
 
 On mixed devices a speedup is only honest against the best one could do alone, so speedups
 are over one agent on the fastest device, and efficiency is speedup over the team's capacity
@@ -19,23 +26,116 @@ planned at an assumed rate, and the plan's ``rates`` say which is which (see
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+import math
+import statistics
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
+from typing import Final, Literal, get_args
 
 import msgspec
 
+from lmteams.bus import Bus
 from lmteams.errors import ConfigError
-from lmteams.jobs._graph import TaskGraph
+from lmteams.jobs._graph import DEFAULT_WORK_TOKENS, TaskGraph
 from lmteams.jobs._graphio import chain_plus_free
+from lmteams.study._montecarlo import (
+    CallModel,
+    Choice,
+    Interval,
+    call_model,
+    mean_interval,
+    run_interval,
+    sample_makespans,
+)
 from lmteams.study._predict import amdahl_speedup, makespan_lower_bound
 from lmteams.study._profiles import DeviceRate
-from lmteams.study._run import ARCHITECTURES, SCHEDULINGS, run_team
+from lmteams.study._run import ARCHITECTURES, SCHEDULINGS, TEAM_ARCHITECTURES, run_team
 from lmteams.study._schedule import simulate_schedule
-from lmteams.study._team import StudyTeam, describe_rate, device_rate
+from lmteams.study._team import StudyTeam, describe_rate, open_team
 
-__all__ = ("Plan", "PlanOption", "calibrate_overhead", "plan", "predict_makespan")
+__all__ = (
+    "OBJECTIVES",
+    "Objective",
+    "OptionPrediction",
+    "Plan",
+    "PlanOption",
+    "Verification",
+    "Overhead",
+    "calibrate_overhead",
+    "calibrate_overheads",
+    "choose_option",
+    "plan",
+    "predict_makespan",
+    "predict_option",
+    "verify_plan",
+)
+
+Objective = Literal["fastest", "cheapest", "fastest-within-budget"]
+OBJECTIVES: Final = get_args(Objective)
 
 _CLAIM_COST = 2.0
-"""A decentralized subtask pays about twice the centralized overhead: a KV create and notes."""
+"""Without a calibration of its own, a decentralized subtask is taken to pay about twice the
+centralized overhead: a KV create and notes."""
+
+_TIE = 1e-9
+
+
+class OptionPrediction(msgspec.Struct, frozen=True, kw_only=True):
+    """What Monte Carlo predicts for one way of running a graph (modelled seconds)."""
+
+    makespan_s: float
+    """Mean over the simulated runs."""
+    mean_interval: Interval
+    """Where the mean of ``repetitions`` real runs should fall (90 %)."""
+    run_interval: Interval
+    """Where one real run should fall (90 %)."""
+    repetitions: int
+    standard_error_s: float
+    """Of ``makespan_s`` itself: the simulation's own sampling error."""
+    work_tokens: int
+    """Output tokens of the committed attempts, on average (crashed attempts report none)."""
+    coordination_tokens: int
+    """Tokens spent choosing what to claim (decentralized with ``choose="model"``)."""
+    attempts: float
+    crashes: float
+
+    @property
+    def tokens(self) -> int:
+        return self.work_tokens + self.coordination_tokens
+
+
+class Overhead(msgspec.Struct, frozen=True, kw_only=True):
+    """The engine's cost per subtask beyond its model call (modelled seconds), measured at
+    some team sizes: linear between them, flat beyond. It grows with the team: agents
+    racing for the same claims (decentralized) or one coordinator serving more agents on a
+    loaded machine cost real time per subtask."""
+
+    sizes: tuple[int, ...] = (1,)
+    seconds: tuple[float, ...] = (0.0,)
+
+    def __post_init__(self) -> None:
+        if not self.sizes or len(self.sizes) != len(self.seconds):
+            raise ConfigError("an overhead needs one figure per team size")
+        if list(self.sizes) != sorted(set(self.sizes)) or self.sizes[0] < 1:
+            raise ConfigError(f"overhead team sizes must rise from >= 1, got {self.sizes}")
+        if any(not (x >= 0 and math.isfinite(x)) for x in self.seconds):
+            raise ConfigError(f"overheads must be finite and >= 0, got {self.seconds}")
+
+    @classmethod
+    def flat(cls, seconds: float) -> Overhead:
+        return cls(sizes=(1,), seconds=(seconds,))
+
+    def at(self, n: int) -> float:
+        """The overhead of a subtask on a team of ``n``."""
+        pairs: list[tuple[int, float]] = list(zip(self.sizes, self.seconds, strict=True))
+        if n <= pairs[0][0]:
+            return pairs[0][1]
+        for (n0, s0), (n1, s1) in itertools.pairwise(pairs):
+            if n <= n1:
+                return s0 + (s1 - s0) * (n - n0) / (n1 - n0)
+        return pairs[-1][1]
 
 
 class PlanOption(msgspec.Struct, frozen=True, kw_only=True):
@@ -46,29 +146,46 @@ class PlanOption(msgspec.Struct, frozen=True, kw_only=True):
     scheduling: str
     devices: tuple[str, ...]
     makespan_s: float
+    """Monte Carlo mean (see ``prediction`` for its intervals)."""
+    prediction: OptionPrediction
+    deterministic_s: float
+    """The exact simulator at the devices' expected rates: what a variance-blind planner says."""
     speedup: float
-    """Over one agent on the fastest device (``Plan.baseline_device``)."""
+    """Mean makespan of one agent on the fastest device (``Plan.baseline_device``) over ours."""
     capacity: float
     """The agents' speeds summed, in units of that fastest agent: the speedup's ceiling."""
     efficiency: float
     """``speedup / capacity``."""
     agent_seconds: float
-    """Cost: agents held for the whole makespan."""
+    """Cost in time: agents held for the whole (mean) makespan."""
     tokens: int
+    """Cost in tokens: work plus coordination."""
     amdahl: float
     """Amdahl's law for n equal agents at the graph's task-count p, as the paper uses it."""
     work_span: float
     """The speedup no schedule on these agents beats (work over capacity, span, overhead)."""
+    runnable: bool
+    """Whether a team runs it (``centralized-preassigned`` is the simulator's alone)."""
 
 
 class Plan(msgspec.Struct, frozen=True, kw_only=True):
     graph: str
     devices: tuple[str, ...]
     overhead_s: float
+    overheads: dict[str, Overhead]
+    """Per-subtask overhead used for each architecture, by team size."""
     baseline_device: str
     """The fastest device: speedups are over one agent on it."""
     baseline_s: float
+    objective: str
+    token_budget: int | None
     tolerance: float
+    repetitions: int
+    samples: int
+    seed: int
+    straggler_rate: float
+    straggler_factor: float
+    crash_rate: float
     options: tuple[PlanOption, ...]
     recommended: PlanOption
     rates: tuple[DeviceRate, ...] = ()
@@ -84,6 +201,14 @@ def _team_devices(devices: Sequence[str], n: int) -> tuple[str, ...]:
     return tuple(devices[i % len(devices)] for i in range(n))
 
 
+def _check_option(architecture: str, scheduling: str) -> None:
+    if architecture not in ARCHITECTURES or scheduling not in SCHEDULINGS:
+        raise ConfigError(
+            f"unknown architecture/scheduling {architecture!r}/{scheduling!r}: use "
+            f"{', '.join(ARCHITECTURES)} / {', '.join(SCHEDULINGS)}"
+        )
+
+
 def predict_makespan(
     graph: TaskGraph,
     rates: Sequence[float],
@@ -92,12 +217,8 @@ def predict_makespan(
     scheduling: str = "async",
     overhead_s: float = 0.0,
 ) -> float:
-    """Modelled makespan of one option: the simulator with the architecture's policy."""
-    if architecture not in ARCHITECTURES or scheduling not in SCHEDULINGS:
-        raise ConfigError(
-            f"unknown architecture/scheduling {architecture!r}/{scheduling!r}: use "
-            f"{', '.join(ARCHITECTURES)} / {', '.join(SCHEDULINGS)}"
-        )
+    """The exact simulator's makespan of one option at expected ``rates``: no variance."""
+    _check_option(architecture, scheduling)
     decentral = architecture == "decentralized"
     return simulate_schedule(
         graph,
@@ -109,6 +230,97 @@ def predict_makespan(
     ).makespan_s
 
 
+def predict_option(
+    graph: TaskGraph,
+    models: Sequence[CallModel],
+    rates: Sequence[float],
+    *,
+    architecture: str = "centralized-greedy",
+    scheduling: str = "async",
+    overhead_s: float = 0.0,
+    repetitions: int = 5,
+    samples: int = 400,
+    seed: int = 0,
+    choose: Choice = "first",
+) -> OptionPrediction:
+    """Monte Carlo prediction of one option on agents drawing from ``models``, placed by
+    ``rates``; ``overhead_s`` is this architecture's per-subtask overhead as it stands."""
+    _check_option(architecture, scheduling)
+    runs = sample_makespans(
+        graph,
+        models,
+        rates,
+        architecture=architecture,
+        scheduling=scheduling,
+        overhead_s=overhead_s,
+        samples=samples,
+        seed=seed,
+        choose=choose,
+    )
+    spans = runs.makespans
+    spread = statistics.stdev(spans) if len(spans) > 1 else 0.0
+    work = statistics.fmean(m.expected_tokens() for m in models)
+    return OptionPrediction(
+        makespan_s=runs.mean,
+        mean_interval=mean_interval(spans, repetitions, seed=seed),
+        run_interval=run_interval(spans),
+        repetitions=repetitions,
+        standard_error_s=spread / len(spans) ** 0.5,
+        work_tokens=round(work),
+        coordination_tokens=round(runs.coordination_tokens),
+        attempts=runs.attempts,
+        crashes=runs.failures,
+    )
+
+
+def _overheads(
+    overhead_s: float, overheads: Mapping[str, float | Overhead] | None
+) -> dict[str, Overhead]:
+    given = {
+        a: v if isinstance(v, Overhead) else Overhead.flat(v) for a, v in (overheads or {}).items()
+    }
+    unknown = set(given) - set(ARCHITECTURES)
+    if unknown:
+        raise ConfigError(f"overheads for unknown architectures: {', '.join(sorted(unknown))}")
+    central = given.get("centralized-greedy", Overhead.flat(overhead_s))
+    return {
+        "centralized-greedy": central,
+        "centralized-preassigned": given.get("centralized-preassigned", central),
+        "decentralized": given.get("decentralized", Overhead.flat(overhead_s * _CLAIM_COST)),
+    }
+
+
+def choose_option(
+    options: Sequence[PlanOption],
+    objective: str,
+    *,
+    token_budget: int | None = None,
+    tolerance: float = 0.0,
+) -> PlanOption:
+    """The option ``objective`` picks (see the module docstring)."""
+    if objective not in OBJECTIVES:
+        raise ConfigError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+    if not options:
+        raise ConfigError("no options to choose from")
+    pool = list(options)
+    if objective == "fastest-within-budget":
+        if token_budget is None:
+            raise ConfigError("objective fastest-within-budget needs a token budget")
+        pool = [o for o in options if o.tokens <= token_budget]
+        if not pool:
+            least = min(o.tokens for o in options)
+            raise ConfigError(
+                f"no option fits {token_budget} tokens: the cheapest needs {least} tokens"
+            )
+    if objective == "cheapest":
+        least = min(o.tokens for o in pool)
+        pool = [o for o in pool if o.tokens <= least * (1 + tolerance)]
+        return min(pool, key=lambda o: (o.agent_seconds, o.makespan_s, o.n_agents))
+    best = min(o.makespan_s for o in pool)
+    near = [o for o in pool if o.makespan_s <= best * (1 + tolerance + _TIE)]
+    return min(near, key=lambda o: (o.n_agents, o.makespan_s, o.tokens))
+
+
 def plan(
     graph: TaskGraph,
     devices: Sequence[str] = ("cpu-x86",),
@@ -117,68 +329,116 @@ def plan(
     architectures: Sequence[str] = ("centralized-greedy", "centralized-preassigned"),
     schedulings: Sequence[str] = ("async",),
     overhead_s: float = 0.0,
-    tolerance: float = 0.10,
+    overheads: Mapping[str, float | Overhead] | None = None,
+    objective: str = "fastest",
+    token_budget: int | None = None,
+    tolerance: float = 0.0,
     straggler_rate: float = 0.0,
+    straggler_factor: float = 3.0,
+    crash_rate: float = 0.0,
+    repetitions: int = 5,
+    samples: int = 400,
+    seed: int = 0,
+    choose: Choice = "first",
+    paper_data: Path | None = None,
 ) -> Plan:
-    """Every option up to ``max_agents`` with its prediction, and the one to pick.
+    """Every option up to ``max_agents`` with its prediction, and the one ``objective`` picks.
 
     Agent i runs on ``devices[i % len(devices)]``; speedups are over one agent on the
     fastest of ``devices`` with the first architecture (the best a team-builder gets
     without a team), efficiencies over the team's capacity (see the module docstring).
+    ``overheads`` gives an architecture its own calibrated overhead (else ``overhead_s``,
+    doubled for decentralized claims); ``repetitions`` is how many runs of the chosen
+    option the user means to average, which sets ``mean_interval``.
     """
     if max_agents < 1 or not devices:
         raise ConfigError("plan needs max_agents >= 1 and at least one device")
     if not architectures or not schedulings:
         raise ConfigError("plan needs at least one architecture and one scheduling")
-    described = tuple(
-        describe_rate(d, graph, straggler_rate=straggler_rate) for d in dict.fromkeys(devices)
-    )
+    if objective not in OBJECTIVES:
+        raise ConfigError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+    faults = {"straggler_rate": straggler_rate, "straggler_factor": straggler_factor}
+    unique = tuple(dict.fromkeys(devices))
+    described = tuple(describe_rate(d, graph, **faults, paper_data=paper_data) for d in unique)
+    models = {
+        d: call_model(d, graph, **faults, crash_rate=crash_rate, paper_data=paper_data)
+        for d in unique
+    }
     by_device = {r.device: r.tokens_per_s for r in described}
     rates = [by_device[d] for d in devices]
-    all_rates = [rates[i % len(rates)] for i in range(max_agents)]
+    team = _team_devices(devices, max_agents)
+    all_rates = [by_device[d] for d in team]
     fastest = max(range(len(rates)), key=lambda i: (rates[i], -i))
-    baseline = predict_makespan(
-        graph, [rates[fastest]], architecture=architectures[0], overhead_s=overhead_s
-    )
+    cost = _overheads(overhead_s, overheads)
+
+    def predict(
+        on: Sequence[str], placed_by: Sequence[float], arch: str, sched: str
+    ) -> OptionPrediction:
+        return predict_option(
+            graph,
+            [models[d] for d in on],
+            placed_by,
+            architecture=arch,
+            scheduling=sched,
+            overhead_s=cost[arch].at(len(on)),
+            repetitions=repetitions,
+            samples=samples,
+            seed=seed,
+            choose=choose,
+        )
+
+    baseline = predict([devices[fastest]], [rates[fastest]], architectures[0], "async").makespan_s
     options = []
     for arch in architectures:
         for sched in schedulings:
             for n in range(1, max_agents + 1):
-                span = predict_makespan(
-                    graph,
-                    all_rates[:n],
-                    architecture=arch,
-                    scheduling=sched,
-                    overhead_s=overhead_s,
-                )
+                guess = predict(team[:n], all_rates[:n], arch, sched)
                 capacity = sum(all_rates[:n]) / rates[fastest]
-                bound = makespan_lower_bound(graph, all_rates[:n], overhead_s=overhead_s)
+                bound = makespan_lower_bound(graph, all_rates[:n], overhead_s=cost[arch].at(n))
+                exact = simulate_schedule(
+                    graph,
+                    n,
+                    rates=all_rates[:n],
+                    policy="preassigned" if arch == "centralized-preassigned" else "greedy",
+                    barrier=sched == "rounds",
+                    overhead_s=cost[arch].at(n),
+                ).makespan_s
                 options.append(
                     PlanOption(
                         n_agents=n,
                         architecture=arch,
                         scheduling=sched,
-                        devices=_team_devices(devices, n),
-                        makespan_s=span,
-                        speedup=baseline / span,
+                        devices=team[:n],
+                        makespan_s=guess.makespan_s,
+                        prediction=guess,
+                        deterministic_s=exact,
+                        speedup=baseline / guess.makespan_s,
                         capacity=capacity,
-                        efficiency=baseline / span / capacity,
-                        agent_seconds=n * span,
-                        tokens=graph.work,
+                        efficiency=baseline / guess.makespan_s / capacity,
+                        agent_seconds=n * guess.makespan_s,
+                        tokens=guess.tokens,
                         amdahl=amdahl_speedup(graph.parallel_fraction, n),
                         work_span=baseline / bound,
+                        runnable=arch in TEAM_ARCHITECTURES,
                     )
                 )
-    best = min(o.makespan_s for o in options)
-    good = [o for o in options if o.makespan_s <= best * (1.0 + tolerance)]
-    recommended = min(good, key=lambda o: (o.n_agents, o.agent_seconds))
+    recommended = choose_option(options, objective, token_budget=token_budget, tolerance=tolerance)
     return Plan(
         graph=graph.name,
         devices=tuple(devices),
         overhead_s=overhead_s,
+        overheads=cost,
         baseline_device=devices[fastest],
         baseline_s=baseline,
+        objective=objective,
+        token_budget=token_budget,
         tolerance=tolerance,
+        repetitions=repetitions,
+        samples=samples,
+        seed=seed,
+        straggler_rate=straggler_rate,
+        straggler_factor=straggler_factor,
+        crash_rate=crash_rate,
         options=tuple(options),
         recommended=recommended,
         rates=described,
@@ -186,23 +446,180 @@ def plan(
 
 
 async def calibrate_overhead(
-    team: StudyTeam, *, tasks: int = 6, work_tokens: int = 100, repeats: int = 2
+    team: StudyTeam,
+    *,
+    architecture: str = "centralized-greedy",
+    agents: int = 1,
+    tasks: int = 6,
+    work_tokens: int = DEFAULT_WORK_TOKENS,
+    repeats: int = 3,
 ) -> float:
-    """Modelled seconds each subtask costs beyond its model call, timed on one agent.
+    """Modelled seconds each subtask costs beyond its model call, on ``agents`` real agents.
 
-    A chain of short subtasks on the team's first agent, measured against the simulator's
-    prediction without overhead; the difference per subtask is the overhead (never < 0).
+    One agent works a chain of ``tasks`` subtasks; more work ``tasks`` independent subtasks
+    each, all at once (where they race for claims, or wait on one coordinator). A run's
+    makespan minus its replay (the same calls' own modelled durations, on the agents and in
+    the order they ran, with nothing between them: see :mod:`lmteams.study._metrics`) is
+    what the engine added along the busiest agent's ``tasks`` subtasks, whatever the device
+    drew; per subtask, the median over ``repeats`` runs (never < 0). Subtasks are the size
+    of a typical one (``work_tokens``): the engine's cost per subtask is not quite fixed,
+    and the calls' lengths set how busy the machine is when it pays it.
     """
-    chain = chain_plus_free("calibration", tasks, 0, work_tokens=work_tokens)
-    rate = device_rate(team.members[0].device, chain, paper_data=team.paper_data)
-    saved = team.members
-    team.members = [msgspec.structs.replace(saved[0], tokens_per_s=rate), *saved[1:]]
-    try:
-        measured = []
-        for _ in range(repeats):
-            run = await run_team(team, chain, 1)
+    if architecture not in TEAM_ARCHITECTURES:
+        raise ConfigError(f"calibrate on a team architecture: {', '.join(TEAM_ARCHITECTURES)}")
+    if not 1 <= agents <= len(team.members) or tasks < 1 or repeats < 1:
+        raise ConfigError(
+            f"calibration needs 1 <= agents <= {len(team.members)}, tasks >= 1, repeats >= 1"
+        )
+    if agents == 1:
+        graph = chain_plus_free(f"calibration-{agents}", tasks, 0, work_tokens=work_tokens)
+    else:
+        graph = chain_plus_free(f"calibration-{agents}", 0, tasks * agents, work_tokens=work_tokens)
+    gaps = []
+    for _ in range(repeats):
+        run = await run_team(team, graph, agents, architecture=architecture)
+        busiest = max((a.tasks for a in run.agents), default=tasks) or tasks
+        gaps.append((run.makespan_s - run.replayed_s) / busiest)
+    return max(0.0, statistics.median(gaps))
+
+
+async def calibrate_overheads(
+    team: StudyTeam, sizes: Sequence[int] = (1,), *, repeats: int = 3, lane: int = 3
+) -> dict[str, Overhead]:
+    """:func:`calibrate_overhead` for each team architecture at each of ``sizes``: a chain
+    of six on one agent, ``lane`` subtasks per agent on more (about what a 20-subtask graph
+    gives each of eight agents: with many more ready at once, claims race more than in the
+    graphs planned, and the overhead reads high)."""
+    wanted = tuple(sorted({n for n in sizes if 1 <= n <= len(team.members)} or {1}))
+    out = {}
+    for arch in TEAM_ARCHITECTURES:
+        seconds = [
+            await calibrate_overhead(
+                team, architecture=arch, agents=n, tasks=6 if n == 1 else lane, repeats=repeats
+            )
+            for n in wanted
+        ]
+        out[arch] = Overhead(sizes=wanted, seconds=tuple(seconds))
+    return out
+
+
+class Verification(msgspec.Struct, frozen=True, kw_only=True):
+    """An option run ``repetitions`` times on a real team, against its prediction.
+
+    Errors are signed, ``(predicted - measured) / measured``: negative means the plan
+    promised less time than the team took."""
+
+    n_agents: int
+    architecture: str
+    scheduling: str
+    predicted_s: float
+    predicted_mean_interval: Interval
+    predicted_run_interval: Interval
+    measured_s: tuple[float, ...]
+    measured_mean_s: float
+    errors: tuple[float, ...]
+    """Per run."""
+    median_error: float
+    """Median of the runs' absolute errors."""
+    p90_error: float
+    relative_error: float
+    """Absolute error of the measured mean: what the plan's mean promises."""
+    mean_inside: bool
+    """Whether the measured mean lies in ``predicted_mean_interval``."""
+    runs_inside: int
+    """Runs inside ``predicted_run_interval``."""
+    overheads: dict[str, Overhead]
+    note: str = ""
+    """Why the option run is not the recommendation, when it is not."""
+
+
+def _p90(values: Sequence[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(0.9 * (len(ordered) - 1))))]
+
+
+async def verify_plan(
+    bus: Bus,
+    graph: TaskGraph,
+    make_plan: Callable[[Mapping[str, Overhead]], Plan],
+    *,
+    time_scale: float = 0.01,
+    seed: int = 0,
+    paper_data: Path | None = None,
+    calibration_repeats: int = 3,
+) -> tuple[Plan, Verification]:
+    """Calibrate, plan, and run the recommendation on a real team as many times as the plan
+    says it will be run (``Plan.repetitions``: its mean interval is for that many).
+
+    ``make_plan`` gets the per-architecture overheads, calibrated on a team of the plan's
+    largest size (:func:`calibrate_overheads`, at one agent and at all of them), and
+    returns the plan (its devices and faults are the teams'). A recommendation no team runs
+    (the paper's pre-assignment) is replaced by the best runnable option, and the
+    verification says so.
+    """
+    draft = make_plan({})
+    repetitions = draft.repetitions
+
+    def team(
+        devices: Sequence[str], n: int, name: str, team_seed: int
+    ) -> AbstractAsyncContextManager[StudyTeam]:
+        return open_team(
+            bus, devices, n, team=name, graph=graph, time_scale=time_scale, seed=team_seed,
+            straggler_rate=draft.straggler_rate, straggler_factor=draft.straggler_factor,
+            crash_rate=draft.crash_rate, paper_data=paper_data,
+        )  # fmt: skip
+
+    largest = max(o.n_agents for o in draft.options)
+    async with team(draft.devices, largest, "plan-calibrate", seed) as calibration:
+        overheads = await calibrate_overheads(
+            calibration, sorted({1, largest}), repeats=calibration_repeats
+        )
+    chosen = make_plan(overheads)
+    best, note = chosen.recommended, ""
+    if not best.runnable:
+        runnable = [o for o in chosen.options if o.runnable]
+        if not runnable:
+            raise ConfigError(f"no option runs on a team: use {', '.join(TEAM_ARCHITECTURES)}")
+        best = choose_option(
+            runnable,
+            chosen.objective,
+            token_budget=chosen.token_budget,
+            tolerance=chosen.tolerance,
+        )
+        note = (
+            f"the recommendation ({chosen.recommended.architecture}) runs only in the model; "
+            f"verified the best runnable option instead"
+        )
+    measured = []
+    async with team(best.devices, best.n_agents, "plan-verify", seed + 1) as members:
+        for rep in range(repetitions):
+            run = await run_team(
+                members,
+                graph,
+                best.n_agents,
+                architecture=best.architecture,
+                scheduling=best.scheduling,
+                seed=seed + rep,
+            )
             measured.append(run.makespan_s)
-    finally:
-        team.members = saved
-    expected = simulate_schedule(chain, 1, rates=[rate]).makespan_s
-    return max(0.0, (min(measured) - expected) / tasks)
+    guess = best.prediction
+    mean = statistics.fmean(measured)
+    errors = tuple((guess.makespan_s - m) / m for m in measured)
+    return chosen, Verification(
+        n_agents=best.n_agents,
+        architecture=best.architecture,
+        scheduling=best.scheduling,
+        predicted_s=guess.makespan_s,
+        predicted_mean_interval=guess.mean_interval,
+        predicted_run_interval=guess.run_interval,
+        measured_s=tuple(measured),
+        measured_mean_s=mean,
+        errors=errors,
+        median_error=statistics.median(abs(e) for e in errors),
+        p90_error=_p90([abs(e) for e in errors]),
+        relative_error=abs(guess.makespan_s - mean) / mean,
+        mean_inside=mean in guess.mean_interval,
+        runs_inside=sum(m in guess.run_interval for m in measured),
+        overheads=chosen.overheads,
+        note=note,
+    )

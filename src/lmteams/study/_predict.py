@@ -50,7 +50,9 @@ class Prediction(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def amdahl_speedup(p: float, n: int) -> float:
-    """``1 / ((1 - p) + p / n)``: the ceiling when a fraction p of the work parallelizes."""
+    """``1 / ((1 - p) + p / n)``: the speedup predicted when a fraction p of the work
+    parallelizes perfectly and the rest not at all; a task graph's own limit is the
+    work/span bound (:func:`work_span_speedup`), which may be higher."""
     if not 0.0 <= p <= 1.0:
         raise ConfigError(f"parallel fraction p must be in [0, 1], got {p}")
     if n < 1:

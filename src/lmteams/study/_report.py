@@ -1,9 +1,16 @@
-"""A sweep's outputs: CSV and JSON of every run, PNG plots, and a Markdown report.
+"""A sweep's outputs: runs and cells as CSV and JSON, statistics, PNG figures, a report.
 
-The report sets the measured speedups beside Amdahl's prediction and the work/span bound,
-and beside the paper's own numbers recomputed from its ``runs.parquet`` by its definition
-(cells and runs, as :func:`speedup_summary` computes them), so a reader sees at once whether
-our teams reproduce the paper's sub-Amdahl scaling and where the gap comes from.
+Files: ``runs.csv`` and ``runs.json`` (one row per run; the columns are documented in
+``docs/runs-csv.md`` and equal :data:`RUNS_CSV_COLUMNS`), ``cells.csv`` (one row per
+condition and team size: the speedup with its bootstrap interval), ``stats.json`` (cells,
+tests and the bootstrap's seed), ``speedup.png``, ``cost_idle_conflicts.png`` and
+``report.md``.
+
+The report reads the sweep by the paper's definitions (:mod:`lmteams.study._stats`) and sets
+each measured cell beside the paper's matching cells, recomputed from its ``runs.parquet``
+(:func:`paper_speedups`). Amdahl's law is named a prediction, never a bound: for a task graph
+the ceiling is the work/span bound ``min(n, W/S)``, which is at or above Amdahl's figure for
+the paper's chain-plus-free graphs, so a cell may beat Amdahl and still be honest.
 """
 
 from __future__ import annotations
@@ -11,123 +18,97 @@ from __future__ import annotations
 import csv
 import statistics
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 
 from lmteams.errors import LmteamsError
+from lmteams.study._figures import write_figures
+from lmteams.study._findings import findings_markdown, paper_findings
 from lmteams.study._metrics import RunMetrics
-from lmteams.study._paper import read_runs
-from lmteams.study._predict import amdahl_speedup
-from lmteams.study._speedup import SpeedupSummary, speedup_summary
+from lmteams.study._paper import PaperData
+from lmteams.study._speedup import SpeedupRow, SpeedupSummary, paper_speedups, speedup_summary
+from lmteams.study._stats import (
+    CellStat,
+    Condition,
+    SweepStats,
+    condition_of,
+    faults_label,
+    sweep_stats,
+)
 
-__all__ = ("write_report",)
+__all__ = ("CELLS_CSV_COLUMNS", "PAPER_MODE", "RUNS_CSV_COLUMNS", "paper_matches", "write_report")
 
-_PAPER_QUOTED = 2.19
-_SKIP = {"agents", "devices"}
+_PAPER_QUOTED: Final = 2.19
+RUNS_CSV_COLUMNS: Final = (
+    *(f for f in RunMetrics.__struct_fields__ if f != "agents"),
+    "faults",
+    "cost_agent_s",
+)
+"""``runs.csv``'s header: every field of :class:`RunMetrics` but the per-agent records (in
+``runs.json``), then the fault-setting label and the run's cost in agent-seconds."""
+_CONDITION_COLUMNS: Final = (*Condition.__struct_fields__, "faults")
+_CELL_FIELDS: Final = tuple(f for f in CellStat.__struct_fields__ if f not in {"condition"})
+CELLS_CSV_COLUMNS: Final = (*_CONDITION_COLUMNS, *_CELL_FIELDS)
+PAPER_MODE: Final = {"centralized-greedy": "preassigned", "decentralized": "decentralized"}
+"""The paper's mode each team architecture is set beside: its decentralized teams claimed as
+ours do; its centralized mode pre-assigned subtasks before the run, where ours places each
+ready subtask by expected finish (the nearest the engine runs; the planner models the
+paper's own pre-assignment)."""
+_P_TOLERANCE: Final = 0.015
 
 
-def _row(run: RunMetrics) -> dict[str, Any]:
-    row = {k: v for k, v in msgspec.structs.asdict(run).items() if k not in _SKIP}
+def _run_row(run: RunMetrics) -> dict[str, Any]:
+    row = msgspec.structs.asdict(run)
     row["devices"] = "+".join(dict.fromkeys(run.devices))
+    row["faults"] = faults_label(run.straggler_rate, run.straggler_factor, run.crash_rate)
     row["cost_agent_s"] = run.n_agents * run.makespan_s
+    return {k: row[k] for k in RUNS_CSV_COLUMNS}
+
+
+def _cell_row(cell: CellStat) -> dict[str, Any]:
+    row = msgspec.structs.asdict(cell.condition)
+    row["faults"] = cell.condition.faults
+    row.update({k: getattr(cell, k) for k in _CELL_FIELDS})
+    row["seeds"] = " ".join(str(s) for s in cell.seeds)
     return row
 
 
-def _cell(run: RunMetrics) -> tuple[str, str, str, str, float]:
-    return (
-        run.graph,
-        run.architecture,
-        run.scheduling,
-        "+".join(dict.fromkeys(run.devices)),
-        run.straggler_rate,
-    )
+def _write_csv(path: Path, columns: Sequence[str], rows: Iterable[dict[str, Any]]) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(columns))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
 
 
-def _means(runs: Sequence[RunMetrics]) -> dict[tuple[Any, ...], dict[int, list[RunMetrics]]]:
-    grouped: dict[tuple[Any, ...], dict[int, list[RunMetrics]]] = defaultdict(
-        lambda: defaultdict(list)
-    )
-    for run in runs:
-        grouped[_cell(run)][run.n_agents].append(run)
-    return grouped
-
-
-def _mean(values: Sequence[float | None]) -> float:
-    clean = [v for v in values if v is not None]
-    return statistics.fmean(clean) if clean else float("nan")
-
-
-def _plots(runs: Sequence[RunMetrics], out: Path) -> list[Path]:
-    import matplotlib  # noqa: PLC0415 - optional dependency (lmteams[study]), loaded on use
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415 - after choosing the Agg backend
-
-    grouped = _means(runs)
-    written = []
-    graphs = sorted({r.graph for r in runs})
-    fig, axes = plt.subplots(1, len(graphs), figsize=(5 * len(graphs), 4), squeeze=False)
-    for ax, graph in zip(axes[0], graphs, strict=True):
-        p = next(r.p for r in runs if r.graph == graph)
-        sizes = sorted({r.n_agents for r in runs if r.graph == graph})
-        for cell, by_n in grouped.items():
-            if cell[0] != graph:
-                continue
-            ns = sorted(by_n)
-            label = f"{cell[1]}/{cell[2]}" + (
-                f" {cell[3]}" if len({c[3] for c in grouped}) > 1 else ""
-            )
-            ax.plot(ns, [_mean([r.speedup for r in by_n[n]]) for n in ns], marker="o", label=label)
-        ax.plot(sizes, [amdahl_speedup(p, n) for n in sizes], "k--", label=f"Amdahl p={p:.2f}")
-        bound = {r.n_agents: r.work_span for r in runs if r.graph == graph}
-        ax.plot(sizes, [bound[n] for n in sizes], "k:", label="work/span bound")
-        ax.set(title=graph, xlabel="team size", ylabel="speedup over one agent")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    written.append(out / "speedup.png")
-    fig.savefig(written[-1], dpi=100)
-    plt.close(fig)
-
-    fig, (cost_ax, idle_ax, conflict_ax) = plt.subplots(1, 3, figsize=(15, 4))
-    for cell, by_n in grouped.items():
-        ns = sorted(by_n)
-        label = "/".join(str(c) for c in cell[:3])
-        cost_ax.plot(
-            ns, [_mean([n * r.makespan_s for r in by_n[n]]) for n in ns], marker="o", label=label
-        )
-        idle_ax.plot(
-            ns, [_mean([r.idle_fraction for r in by_n[n]]) for n in ns], marker="o", label=label
-        )
-        conflict_ax.plot(
-            ns, [_mean([float(r.conflicts) for r in by_n[n]]) for n in ns], marker="o", label=label
-        )
-    cost_ax.set(title="cost", xlabel="team size", ylabel="agent-seconds (modelled)")
-    idle_ax.set(title="idle", xlabel="team size", ylabel="mean idle fraction per agent")
-    conflict_ax.set(title="conflicts", xlabel="team size", ylabel="lost claims per run")
-    cost_ax.legend(fontsize=6)
-    fig.tight_layout()
-    written.append(out / "cost_idle_conflicts.png")
-    fig.savefig(written[-1], dpi=100)
-    plt.close(fig)
-    return written
-
-
-def _paper_section(paper_data: str | Path | None) -> tuple[list[str], SpeedupSummary | None]:
+def _paper_cells(paper_data: str | Path | None) -> tuple[list[str], list[SpeedupRow]]:
+    """The paper's summary lines and its cells, or a line saying why there are none."""
     try:
-        summary = speedup_summary(read_runs(paper_data))
+        data = PaperData(paper_data)
+        runs = data.runs
+        summary = speedup_summary(runs)
+        findings = findings_markdown(paper_findings(data, summary))
     except LmteamsError as exc:
-        return [f"The paper's data was not available ({exc}); no comparison."], None
+        return [f"The paper's data was not available ({exc}); no comparison."], []
+    return [
+        *_paper_summary(summary),
+        "",
+        *("#" + line if line.startswith("## ") else line for line in findings),
+    ], paper_speedups(runs)
+
+
+def _paper_summary(summary: SpeedupSummary) -> list[str]:
     c, r = summary.cells, summary.runs
-    lines = [
+    return [
         f"Summaries of the paper quote a mean speedup of {_PAPER_QUOTED}x (no grouping of the "
         "released runs gives that mean). Recomputed from its "
         "`runs.parquet` by its own definition (mean successful 1-agent wall-clock over mean "
         "successful n-agent wall-clock, within model, domain, p and mode), for n >= 2:",
         "",
-        "| unit | count | mean | median | below Amdahl |",
+        "| unit | count | mean | median | below Amdahl's prediction |",
         "| --- | ---: | ---: | ---: | ---: |",
         f"| cells | {c.count} | {c.mean:.2f}x | {c.median:.2f}x | {c.fraction_below_amdahl:.0%} |",
         f"| runs | {r.count} | {r.mean:.2f}x | {r.median:.2f}x | {r.fraction_below_amdahl:.0%} |",
@@ -138,67 +119,213 @@ def _paper_section(paper_data: str | Path | None) -> tuple[list[str], SpeedupSum
         + ", ".join(f"{g.key} {g.mean:.2f}x" for g in c.by_p)
         + ".",
     ]
-    return lines, summary
 
 
-def _report(runs: Sequence[RunMetrics], name: str, paper_data: str | Path | None) -> str:
-    lines = [f"# Study: {name}", "", f"{len(runs)} runs on a real nats-server.", ""]
-    lines += [
+def paper_matches(cell: CellStat, paper: Sequence[SpeedupRow]) -> list[SpeedupRow]:
+    """The paper's cells a measured cell is set beside: same n, same p (within 0.015), the
+    mode of :data:`PAPER_MODE`, and, for a paper graph (``domain/pXX``), the same domain;
+    every model's cell matches, since the paper's models are not ours."""
+    cond = cell.condition
+    mode = PAPER_MODE.get(cond.architecture)
+    domains = {row.domain for row in paper}
+    domain, _, _ = cond.graph.partition("/")
+    return [
+        row
+        for row in paper
+        if row.mode == mode
+        and row.n_agents == cell.n_agents
+        and abs(row.p - cond.p) <= _P_TOLERANCE
+        and (domain not in domains or row.domain == domain)
+    ]
+
+
+def _runs(cell: CellStat) -> str:
+    return f"{cell.runs} (+{cell.failed_runs} failed)" if cell.failed_runs else str(cell.runs)
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _fmt_ci(cell: CellStat) -> str:
+    if cell.n_agents == 1:
+        return "1.00"
+    if cell.ci_low is None or cell.ci_high is None:
+        return f"{cell.speedup:.2f} [one run: no interval]"
+    return f"{cell.speedup:.2f} [{cell.ci_low:.2f}, {cell.ci_high:.2f}]"
+
+
+def _predicted_speedups(runs: Sequence[RunMetrics]) -> dict[tuple[Condition, int], float]:
+    """The simulator's speedup per cell: mean predicted 1-agent over n-agent makespan."""
+    predicted: dict[tuple[Condition, int], list[float]] = defaultdict(list)
+    for run in runs:
+        if run.predicted_s:
+            predicted[(condition_of(run), run.n_agents)].append(run.predicted_s)
+    means = {key: statistics.fmean(v) for key, v in predicted.items()}
+    return {
+        (cond, n): means[(cond, 1)] / mean
+        for (cond, n), mean in means.items()
+        if (cond, 1) in means
+    }
+
+
+def _mean_idle_alone(stats: SweepStats) -> str:
+    alone = [c.idle_fraction for c in stats.cells if c.n_agents == 1]
+    return f"{statistics.fmean(alone):.0%}" if alone else "-"
+
+
+def _measured_section(stats: SweepStats, runs: Sequence[RunMetrics]) -> list[str]:
+    lines = [
         "## Measured speedups",
         "",
-        "Times are modelled seconds (wall / time scale). Speedup is over the same cell's "
-        "one-agent run; `pred` is the simulator's speedup for the same option.",
+        "Times are modelled seconds (wall / time scale). Speedup is the paper's: the mean "
+        "makespan of the condition's 1-agent runs over the mean makespan of its n-agent runs "
+        "(a ratio of means, pooled over the repetitions), with a "
+        f"{stats.confidence:.0%} bootstrap interval ({stats.bootstrap_resamples} resamples of "
+        f"the runs on both sides, seed {stats.bootstrap_seed}). A condition is the graph, "
+        "architecture, scheduling, devices and fault settings; the 1-agent baseline is not "
+        "pooled across architectures or schedulings, because a one-agent job runs a different "
+        "coordination path under each. `pred` is the simulator's speedup for the same option; "
+        "Amdahl is a prediction, the work/span bound min(n, W/S) the ceiling.",
         "",
-        "| graph | p | architecture | scheduling | devices | n | makespan s | speedup | "
-        "Amdahl | work/span | pred | idle | conflicts | messages |",
-        "| --- | ---: | --- | --- | --- |" + " ---: |" * 9,
+        "| graph | p | architecture | scheduling | devices | faults | n | runs | makespan s | "
+        "speedup [95% CI] | Amdahl | work/span | pred | idle | conflicts | tokens | messages |",
+        "| --- | ---: | --- | --- | --- | --- |" + " ---: |" * 11,
     ]
-    below = total = 0
-    for cell, by_n in _means(runs).items():
-        for n in sorted(by_n):
-            rs = by_n[n]
-            r0 = rs[0]
-            speed = _mean([r.speedup for r in rs])
-            pred = _pred_speedup(rs, by_n)
-            if n > 1:
-                total += 1
-                below += speed < r0.amdahl
-            lines.append(
-                f"| {cell[0]} | {r0.p:.2f} | {cell[1]} | {cell[2]} | {cell[3]} | {n} | "
-                f"{_mean([r.makespan_s for r in rs]):.1f} | {speed:.2f} | {r0.amdahl:.2f} | "
-                f"{r0.work_span:.2f} | {pred:.2f} | {_mean([r.idle_fraction for r in rs]):.0%} | "
-                f"{_mean([float(r.conflicts) for r in rs]):.1f} | "
-                f"{_mean([float(r.messages) for r in rs]):.0f} |"
-            )
+    below = above_bound = beyond_interval = no_interval = total = 0
+    predicted = _predicted_speedups(runs)
+    for cell in stats.cells:
+        cond = cell.condition
+        if cell.n_agents > 1:
+            total += 1
+            below += cell.speedup < cell.amdahl
+            above = cell.speedup > cell.work_span
+            above_bound += above
+            no_interval += above and cell.ci_low is None
+            beyond_interval += cell.ci_low is not None and cell.ci_low > cell.work_span
+        lines.append(
+            f"| {cond.graph} | {cond.p:.2f} | {cond.team} | {cond.scheduling} | {cond.devices} "
+            f"| {cond.faults} | {cell.n_agents} | {_runs(cell)} | {cell.mean_makespan_s:.1f} | "
+            f"{_fmt_ci(cell)} | {cell.amdahl:.2f} | {cell.work_span:.2f} | "
+            f"{_fmt(predicted.get((cond, cell.n_agents)))} | {cell.idle_fraction:.0%} | "
+            f"{cell.conflicts:.1f} | {cell.tokens + cell.coordination_tokens:.0f} | "
+            f"{cell.messages:.0f} |"
+        )
     lines += [
         "",
-        f"{below} of {total} team configurations (n >= 2) fall below Amdahl's prediction.",
+        f"{below} of {total} team cells (n >= 2) fall below Amdahl's prediction; "
+        f"{above_bound} lie above the work/span bound: {beyond_interval} with the whole "
+        f"interval above it, {no_interval} with no interval (a single run on a side). The bound "
+        "is on the work: a ratio of mean makespans exceeds it only by sampling noise or by "
+        "overhead a larger team overlaps, such as a lone agent idling between subtasks while "
+        "the next is dealt or claimed (mean idle of the 1-agent runs here: "
+        f"{_mean_idle_alone(stats)}).",
+    ]
+    return lines
+
+
+def _tests_section(stats: SweepStats) -> list[str]:
+    lines = [
+        "",
+        "## Tests",
+        "",
+        "On per-run speedups (a run's makespan over its condition's pooled 1-agent mean) of "
+        "teams of two or more; two-sided."
+        + ("" if stats.scipy else " scipy is not installed: no statistics."),
+        "",
+        "| test | question | groups (runs, median speedup) | statistic | p-value |",
+        "| --- | --- | --- | ---: | ---: |",
+    ]
+    for t in stats.tests:
+        groups = ", ".join(
+            f"{g} ({n}, {m:.2f})" for g, n, m in zip(t.groups, t.sizes, t.medians, strict=True)
+        )
+        stat = f"{t.statistic:.1f}" if t.statistic is not None else "-"
+        p = f"{t.p_value:.3g}" if t.p_value is not None else (t.note or "-")
+        lines.append(f"| {t.test} | {t.question} | {groups} | {stat} | {p} |")
+    if not stats.tests:
+        lines.append("| - | the sweep has no two groups to compare | - | - | - |")
+    return lines
+
+
+def _paper_section(stats: SweepStats, summary: list[str], paper: Sequence[SpeedupRow]) -> list[str]:
+    lines = ["", "## Beside the paper", "", *summary]
+    if not paper:
+        return lines
+    lines += [
+        "",
+        "Cell by cell: each measured team cell beside the paper's cells of the same n and p "
+        "(and domain, for the paper's own graphs), over its three models; lmteams' "
+        "centralized-greedy is set beside the paper's pre-assigned mode, decentralized beside "
+        "decentralized. The paper's teams ran in synchronous rounds on hosted models, so the "
+        "`rounds` rows are the like-for-like ones.",
+        "",
+        "| graph | p | architecture | scheduling | faults | n | lmteams [95% CI] | "
+        "paper mode | paper cells | paper mean (min-max) | Amdahl | work/span |",
+        "| --- | ---: | --- | --- | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: |",
+    ]
+    matched = 0
+    for cell in stats.cells:
+        rows = paper_matches(cell, paper) if cell.n_agents > 1 else []
+        if not rows:
+            continue
+        matched += 1
+        cond = cell.condition
+        values = [r.speedup for r in rows]
+        lines.append(
+            f"| {cond.graph} | {cond.p:.2f} | {cond.team} | {cond.scheduling} | {cond.faults} "
+            f"| {cell.n_agents} | {_fmt_ci(cell)} | {rows[0].mode} | {len(rows)} | "
+            f"{statistics.fmean(values):.2f} ({min(values):.2f}-{max(values):.2f}) | "
+            f"{cell.amdahl:.2f} | {cell.work_span:.2f} |"
+        )
+    unmatched = sum(c.n_agents > 1 for c in stats.cells) - matched
+    lines += [
+        "",
+        f"{matched} measured cells have paper cells beside them"
+        + (f"; {unmatched} have none (a p the paper did not run, or n > 5)." if unmatched else "."),
+    ]
+    return lines
+
+
+def _report(
+    runs: Sequence[RunMetrics], stats: SweepStats, name: str, paper_data: str | Path | None
+) -> str:
+    seeds = sorted({r.seed for r in runs})
+    failed = [r for r in runs if not r.succeeded]
+    failures = (
+        f" Failed runs (a subtask out of retries): {len(failed)}, left out of every "
+        f"statistic, as the paper leaves out its failed runs; the first: {failed[0].error}"
+        if failed
+        else ""
+    )
+    lines = [
+        f"# Study: {name}",
+        "",
+        f"{len(runs)} runs; run seeds {', '.join(map(str, seeds))}; "
+        f"retry limit {max((r.max_failures for r in runs), default=0)} failed attempts per "
+        "subtask. Every run is in `runs.csv` (columns: docs/runs-csv.md), every cell in "
+        "`cells.csv`, the tests and the bootstrap seed in `stats.json`." + failures,
+        "",
+        *_measured_section(stats, runs),
+        *_tests_section(stats),
+        "",
+        "## Figures",
         "",
         "![speedup](speedup.png)",
         "",
         "![cost, idle and conflicts](cost_idle_conflicts.png)",
-        "",
-        "## Beside the paper",
-        "",
     ]
-    paper_lines, _ = _paper_section(paper_data)
-    lines += paper_lines
+    summary, paper = _paper_cells(paper_data)
+    lines += _paper_section(stats, summary, paper)
     lines += [
         "",
         "Reading the two together: the paper's agents run in synchronous rounds on hosted "
         "models whose latency is heavy-tailed, and pre-assigned or claim their subtasks by "
-        "LLM reasoning; here the coordination is mechanical, so the gap between a cell's "
-        "speedup and its work/span bound is the cost of the barrier, of claims and of the "
-        "bus, not of the model's planning.",
+        "LLM reasoning; here the coordination is mechanical unless the runs' `choose` says "
+        "`model`, so the gap between a cell's speedup and its work/span bound is the cost of "
+        "the barrier, of claims and of the bus more than of the model's planning.",
     ]
     return "\n".join(lines) + "\n"
-
-
-def _pred_speedup(rs: Sequence[RunMetrics], by_n: dict[int, list[RunMetrics]]) -> float:
-    one = by_n.get(1)
-    if not one or rs[0].predicted_s is None or one[0].predicted_s is None:
-        return float("nan")
-    return one[0].predicted_s / rs[0].predicted_s
 
 
 def write_report(
@@ -207,21 +334,24 @@ def write_report(
     *,
     name: str = "experiment",
     paper_data: str | Path | None = None,
+    seed: int | None = None,
 ) -> list[Path]:
-    """Write ``runs.csv``, ``runs.json``, the PNG plots and ``report.md`` into ``out_dir``."""
+    """Write the runs, cells, statistics, figures and ``report.md`` into ``out_dir``.
+
+    ``seed`` seeds the bootstrap; by default the sweep's own (its runs' lowest seed), so a
+    report rewritten from the same runs has the same intervals."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rows = [_row(r) for r in runs]
-    csv_path = out / "runs.csv"
-    with csv_path.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["graph"])
-        writer.writeheader()
-        writer.writerows(rows)
-    json_path = out / "runs.json"
-    json_path.write_bytes(msgspec.json.format(msgspec.json.encode(list(runs))) + b"\n")
-    written = [csv_path, json_path]
-    if runs:
-        written += _plots(runs, out)
+    seed = seed if seed is not None else min((r.seed for r in runs), default=0)
+    stats = sweep_stats(runs, seed=seed)
+    written = [
+        _write_csv(out / "runs.csv", RUNS_CSV_COLUMNS, (_run_row(r) for r in runs)),
+        _write_csv(out / "cells.csv", CELLS_CSV_COLUMNS, (_cell_row(c) for c in stats.cells)),
+    ]
+    for file, value in (("runs.json", list(runs)), ("stats.json", stats)):
+        (out / file).write_bytes(msgspec.json.format(msgspec.json.encode(value)) + b"\n")
+        written.append(out / file)
+    written += write_figures(stats, out)
     report = out / "report.md"
-    report.write_text(_report(runs, name, paper_data), encoding="utf-8")
+    report.write_text(_report(runs, stats, name, paper_data), encoding="utf-8")
     return [*written, report]

@@ -18,13 +18,14 @@ import anyio
 import structlog
 
 from lmteams.errors import ConfigError, TaskFailedError
-from lmteams.jobs import JobClient, JobStatus, JobView
+from lmteams.jobs import Choice, JobClient, JobStatus, JobView
 from lmteams.jobs._graph import TaskGraph
 from lmteams.study._metrics import RunMetrics, bus_traffic, job_metrics
 from lmteams.study._team import StudyTeam
 
 __all__ = (
     "ARCHITECTURES",
+    "CHOICES",
     "SCHEDULINGS",
     "TEAM_ARCHITECTURES",
     "Architecture",
@@ -47,6 +48,8 @@ ARCHITECTURES: Final = get_args(Architecture)
 TEAM_ARCHITECTURES: Final = ("centralized-greedy", "decentralized")
 """What a team runs, as jobs."""
 SCHEDULINGS: Final = get_args(Scheduling)
+CHOICES: Final = get_args(Choice)
+"""How decentralized agents pick what to claim (``JobOptions.choose``)."""
 
 _VIEW_TRIES: Final = 5
 _JOB_ARCHITECTURE: Final = {"centralized-greedy": "centralized", "decentralized": "decentralized"}
@@ -77,6 +80,7 @@ async def run_team(
     seed: int = 0,
     backups: bool = False,
     lease_s: float = 3.0,
+    choose: str = "first",
 ) -> RunMetrics:
     """Run ``graph`` as a job on the first ``n_agents`` agents of ``team`` and measure it.
 
@@ -86,6 +90,9 @@ async def run_team(
     ``task_timeout_s`` bounds one subtask; the job as a whole gets that per subtask.
     ``lease_s`` (wall seconds) is short so that a claim whose agent declined it (it was busy)
     comes back soon; its holder renews it every third of it while it works.
+    ``choose`` (decentralized only): ``first`` claims the ready subtask with the longest
+    remaining chain, ``model`` asks each agent's model over the board (coordination tokens
+    and calls, counted apart from the work's; a weak chooser loses claims).
     """
     if architecture not in TEAM_ARCHITECTURES:
         why = " (the planner's model only)" if architecture in ARCHITECTURES else ""
@@ -95,6 +102,13 @@ async def run_team(
         )
     if scheduling not in SCHEDULINGS:
         raise ConfigError(f"scheduling must be one of {', '.join(SCHEDULINGS)}, got {scheduling!r}")
+    if choose not in CHOICES:
+        raise ConfigError(f"choose must be one of {', '.join(CHOICES)}, got {choose!r}")
+    if choose != "first" and architecture != "decentralized":
+        raise ConfigError(
+            f"choose={choose!r} is how decentralized agents claim; {architecture} places "
+            "subtasks by a coordinator"
+        )
     if not 1 <= n_agents <= len(team.members):
         raise ConfigError(f"n_agents must be in 1..{len(team.members)} (the team's size)")
     job_timeout = task_timeout_s * max(1, len(graph.subtasks))
@@ -109,6 +123,7 @@ async def run_team(
         agents=n_agents,
         backups=backups,
         lease_s=lease_s,
+        choose=choose,  # type: ignore[arg-type]
         timeout_s=job_timeout,
     )
     traffic = (await bus_traffic(monitor_url)) - before
@@ -126,6 +141,7 @@ async def run_team(
         scheduling=scheduling,
         traffic=traffic,
         seed=seed,
+        choose=choose,
     )
     log.info(
         "study.run.done",

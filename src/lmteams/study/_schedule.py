@@ -25,6 +25,7 @@ __all__ = (
     "Policy",
     "Schedule",
     "ScheduledTask",
+    "depth_first_order",
     "paper_preassignment",
     "simulate_schedule",
 )
@@ -82,7 +83,7 @@ def paper_preassignment(graph: TaskGraph, n_agents: int) -> dict[str, int]:
         raise ConfigError(f"n_agents must be >= 1, got {n_agents}")
     assignment: dict[str, int] = {}
     turn = 0
-    for task_id in _depth_first_order(graph):
+    for task_id in depth_first_order(graph):
         deps = graph.subtask(task_id).deps
         if deps:
             assignment[task_id] = assignment[deps[-1]]
@@ -92,7 +93,9 @@ def paper_preassignment(graph: TaskGraph, n_agents: int) -> dict[str, int]:
     return assignment
 
 
-def _depth_first_order(graph: TaskGraph) -> list[str]:
+def depth_first_order(graph: TaskGraph) -> list[str]:
+    """Subtask ids with every dependency before its dependents, in written order: the order
+    the paper's harness deals tasks out and a pre-assigned agent works its list."""
     deps = {s.id: s.deps for s in graph.subtasks}
     order: list[str] = []
     seen: set[str] = set()
@@ -191,7 +194,7 @@ class _Simulation:
             rest[task_id] = self.tokens[task_id] / fastest + overhead + tail
         self.priority = {t: (-rest[t], index[t]) for t in index}
         self.assignment = paper_preassignment(graph, len(speeds)) if policy == "preassigned" else {}
-        order = _depth_first_order(graph)
+        order = depth_first_order(graph)
         self.queues = [
             [t for t in order if self.assignment.get(t) == a] for a in range(len(speeds))
         ]
@@ -210,7 +213,7 @@ class _Simulation:
     def run_async(self) -> None:
         if self.policy == "preassigned":
             free = [Fraction(0)] * len(self.speeds)
-            for task_id in _depth_first_order(self.graph):
+            for task_id in depth_first_order(self.graph):
                 agent = self.assignment[task_id]
                 ready = max((self.placed[d][2] for d in self.deps[task_id]), default=Fraction(0))
                 free[agent] = self.place(task_id, agent, max(free[agent], ready))

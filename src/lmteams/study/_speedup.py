@@ -85,7 +85,7 @@ class GroupStat(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class SpeedupStats(msgspec.Struct, frozen=True, kw_only=True):
-    """Speedups of n >= 2 teams, overall and by group, against the Amdahl bound."""
+    """Speedups of n >= 2 teams, overall and by group, beside Amdahl's prediction."""
 
     count: int
     mean: float

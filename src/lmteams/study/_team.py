@@ -111,6 +111,10 @@ class StudyTeam:
     straggler_rate: float = 0.0
     straggler_factor: float = 3.0
     crash_rate: float = 0.0
+    claim_error: float = 0.0
+    """Chance a simulated agent choosing with its model names a bad subtask (``_claim``)."""
+    full_claims: bool = False
+    """A simulated claim call costs a whole call's latency (the paper's agents' case)."""
     paper_data: Path | None = None
     backends: dict[str, Backend] = field(default_factory=dict)
     calls: list[ModelCall] = field(default_factory=list)
@@ -281,6 +285,8 @@ def _backend_factory(
     straggler_factor: float,
     crash_rate: float,
     paper_data: Path | None,
+    claim_error: float = 0.0,
+    full_claims: bool = False,
 ) -> Callable[[], contextlib.AbstractAsyncContextManager[Backend]]:
     kind, arg = _check_spec(spec)
     cls = _sim_class(spec)
@@ -313,6 +319,8 @@ def _backend_factory(
             straggler_prob=straggler_rate,
             straggler_factor=straggler_factor,
             failure_prob=crash_rate,
+            claim_error=claim_error,
+            full_claims=full_claims,
         )
 
     @contextlib.asynccontextmanager
@@ -325,6 +333,8 @@ def _backend_factory(
             straggler_prob=straggler_rate,
             straggler_factor=straggler_factor,
             failure_prob=crash_rate,
+            claim_error=claim_error,
+            full_claims=full_claims,
         )
 
     def llama() -> contextlib.AbstractAsyncContextManager[Backend]:
@@ -416,6 +426,8 @@ async def open_team(
     straggler_factor: float = 3.0,
     crash_rate: float = 0.0,
     paper_data: Path | None = None,
+    claim_error: float = 0.0,
+    full_claims: bool = False,
 ) -> AsyncIterator[StudyTeam]:
     """Host ``n_agents`` workers, agent i on ``devices[i % len(devices)]``, for a block.
 
@@ -423,6 +435,9 @@ async def open_team(
     llama agents ignore it (their runs are reported at scale 1) and announce their measured
     profile, which is measured here first when none is cached. ``members`` come in the
     order a job picks its agents (the fastest first), so a run on n agents uses the first n.
+    ``claim_error`` and ``full_claims`` set how the ``steady`` and ``paper`` devices answer
+    a claim prompt (``choose = "model"``, see :mod:`lmteams.study._claim`); a real model
+    answers as it does, and the device classes with their placeholder text.
     """
     if n_agents < 1 or not devices:
         raise ConfigError(f"a team needs >= 1 agent and >= 1 device (got {n_agents}, {devices})")
@@ -446,6 +461,8 @@ async def open_team(
             straggler_rate=straggler_rate,
             straggler_factor=straggler_factor,
             crash_rate=crash_rate,
+            claim_error=claim_error,
+            full_claims=full_claims,
             paper_data=paper_data,
         )
         announced: dict[str, float] = {}
@@ -459,6 +476,8 @@ async def open_team(
                 straggler_factor=straggler_factor,
                 crash_rate=crash_rate,
                 paper_data=paper_data,
+                claim_error=claim_error,
+                full_claims=full_claims,
             )
             rate = functools.partial(
                 device_rate,
