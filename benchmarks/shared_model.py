@@ -13,6 +13,12 @@ Trials alternate the two sides; medians. Per-agent latency (request to answer) i
 beside each ratio, and the greedy answers of the two sides are compared (they must match).
 
 - ``throughput_ratio`` (target >= 1.3 at N = 8): shared aggregate tokens/s over independent.
+- ``cpu_ratio_nN`` (informational): generated tokens per CPU-second (user + system, all the
+  side's processes, from go to answer), shared over independent. On a machine other work
+  also loads, wall-clock rates measure the scheduler's shares as much as the decoders: eight
+  processes get eight shares, one process's two decode threads two, and llama.cpp's threads
+  meet at a barrier after every op, so a descheduled one stalls its peer. CPU-seconds are
+  what the work cost whoever else runs; ``load_1min`` is the machine's load at the end.
 - ``memory_ratio`` (target <= 0.4 at N = 4, lower is better): resident memory (VmRSS) of the
   shared process over the sum of the independent ones. RSS counts the mmap'd weights once
   per process, as ``ps`` and a container's limit see it; ``memory_ratio_pss`` (informational)
@@ -26,6 +32,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import statistics
 import sys
 import time
@@ -81,6 +88,7 @@ async def child(mode: str, first: int, agents: int, threads: int, max_tokens: in
         await backends[0].generate(GenerateRequest(prompt="Warm up.", max_tokens=4))
         print("ready", flush=True)
         await anyio.to_thread.run_sync(sys.stdin.readline)
+        cpu_started = time.process_time()
         results: dict[int, dict[str, Any]] = {}
 
         async def ask(i: int) -> None:
@@ -95,7 +103,8 @@ async def child(mode: str, first: int, agents: int, threads: int, max_tokens: in
         async with anyio.create_task_group() as tg:
             for i in range(agents):
                 tg.start_soon(ask, i)
-        print(json.dumps({"results": results, **memory_kib()}), flush=True)
+        cpu_s = time.process_time() - cpu_started
+        print(json.dumps({"results": results, "cpu_s": cpu_s, **memory_kib()}), flush=True)
 
 
 async def side(mode: str, agents: int, max_tokens: int) -> dict[str, Any]:
@@ -133,6 +142,7 @@ async def side(mode: str, agents: int, max_tokens: int) -> dict[str, Any]:
     tokens = sum(r["tokens"] for r in results.values())
     return {
         "rate": tokens / wall,
+        "cpu_rate": tokens / sum(r["cpu_s"] for r in reports),
         "tokens": tokens,
         "latency_s": statistics.median(r["latency_s"] for r in results.values()),
         "texts": [results[i]["text"] for i in sorted(results)],
@@ -179,6 +189,15 @@ async def main(quick: bool, max_tokens: int, agent_counts: list[int]) -> None:
                 answers_equal=all(
                     s["texts"] == a["texts"] for s, a in zip(shared, alone, strict=True)
                 ),
+            )
+        )  # fmt: skip
+        figures.append(
+            figure(
+                f"cpu_ratio_n{n}",
+                statistics.median(r["cpu_rate"] for r in shared),
+                statistics.median(r["cpu_rate"] for r in alone),
+                None, unit="tokens per CPU-second (all agents)", agents=n, trials=trials,
+                load_1min=os.getloadavg()[0],
             )
         )  # fmt: skip
     n_mem = 4 if 4 in memory else max(memory)

@@ -74,6 +74,7 @@ async def test_greedy_shared_answers_equal_unshared_ones(
             for i in range(len(requests)):
                 tg.start_soon(ask, i)
         assert agents[0].statistics().steps < sum(a.tokens_out for a in alone)
+        assert agents[0].statistics().tokens_reused > 0  # stories copied a system part's KV
     assert [shared[i] for i in range(len(requests))] == [a.text for a in alone]
 
 
@@ -135,6 +136,24 @@ async def test_a_shared_system_prompt_is_reused(default_model: ModelFile) -> Non
         before = agent.statistics().tokens_reused
         await agent.generate(GenerateRequest(prompt="Name a tree.", system=SYSTEM, max_tokens=4))
         assert agent.statistics().tokens_reused - before > 10  # the system part, not re-run
+
+
+async def test_agents_starting_together_evaluate_their_shared_system_once(
+    default_model: ModelFile,
+) -> None:
+    async with views(shared_config(default_model), 3) as agents:  # a cold host: empty slots
+        answers: dict[int, str] = {}
+
+        async def ask(i: int) -> None:
+            request = GenerateRequest(prompt=f"Name {i + 2} fruits.", system=SYSTEM, max_tokens=4)
+            answers[i] = (await agents[i].generate(request)).text
+
+        async with anyio.create_task_group() as tg:
+            for i in range(3):
+                tg.start_soon(ask, i)
+        stats = agents[0].statistics()
+    assert stats.completed == 3 and len(answers) == 3
+    assert stats.tokens_reused > 20  # two slots copied the first one's system part (> 10 each)
 
 
 async def test_views_of_one_config_share_one_model_until_the_last_closes(

@@ -17,7 +17,12 @@ last bits of the logits.
 
 Prefix reuse: a slot keeps the KV of what it last ran. A new request goes to the free slot
 whose cache holds the request's whole system part (cut where :class:`~._prompting.Prompter`
-cuts it), and only the rest is evaluated.
+cuts it), and only the rest is evaluated. When no free slot holds it but another slot does
+(a team's agents share one system prompt, and start together), its KV is copied across
+streams (``llama_memory_seq_cp``) instead of evaluated again: a copy of the cells the same
+piece computed, at the same indices, so answers do not change. Without it, N agents that
+start together would evaluate the system part N - 1 more times than N unshared ones, each of
+which keeps it from its previous call.
 """
 
 from __future__ import annotations
@@ -127,6 +132,8 @@ class _Slot:
         self.job: _Job | None = None
         self.pieces: list[list[int]] = []
         """The prompt's pieces still to evaluate, each in a batch of its own."""
+        self.system_pieces = 0
+        """How many of ``pieces`` are the system part: another slot's copy may replace them."""
         self.todo: list[int] = []
         """The token just sampled, to evaluate in the next decode batch."""
         self.out: list[int] = []
@@ -383,7 +390,8 @@ class SharedModelHost:
                 reuse = 0
             slot.cached = slot.cached[:reuse]
             slot.job, slot.todo = job, []
-            slot.pieces = _pieces(job.prompt[reuse:split]) + _pieces(job.prompt[split:])
+            head = _pieces(job.prompt[reuse:split])
+            slot.pieces, slot.system_pieces = head + _pieces(job.prompt[split:]), len(head)
             slot.out, slot.logprobs, slot.first_at = [], [], None
             slot.admitted_at = time.perf_counter()
             slot.sampler = _sampler(job) if job.request.temperature != 0 else None
@@ -406,8 +414,37 @@ class SharedModelHost:
         prefilling = [s for s in self._slots if s.job is not None and s.first_at is None]
         if prefilling:
             slot = min(prefilling, key=lambda s: s.admitted_at)
+            if slot.system_pieces and not slot.cached:  # none of it evaluated yet
+                self._copy_system(slot)
             piece = slot.pieces.pop(0)
+            slot.system_pieces = max(0, slot.system_pieces - 1)
             self._decode([(slot, piece, not slot.pieces)])
+
+    def _copy_system(self, slot: _Slot) -> None:
+        """Take the system part's KV from a slot that holds it, if one does, not evaluate it.
+
+        Looked for when the piece is due, not at admission: agents starting together find the
+        first one's system part evaluated by then. A cross-stream copy is of a whole stream,
+        done at the next ``llama_decode``; the cells past the system part are dropped here.
+        """
+        import llama_cpp  # noqa: PLC0415
+
+        job = slot.job
+        assert job is not None
+        split = job.split
+        system = job.prompt[:split]
+        donor = next((s for s in self._slots if s is not slot and s.cached[:split] == system), None)
+        if donor is None:
+            return
+        memory = llama_cpp.llama_get_memory(self._ctx)
+        llama_cpp.llama_memory_seq_cp(memory, donor.index, slot.index, -1, -1)
+        if not llama_cpp.llama_memory_seq_rm(memory, slot.index, split, -1):
+            llama_cpp.llama_memory_seq_rm(memory, slot.index, -1, -1)  # cannot cut: evaluate
+            return
+        slot.cached = system
+        del slot.pieces[: slot.system_pieces]
+        slot.system_pieces = 0
+        self._count("tokens_reused", split)
 
     def _decode(self, work: list[tuple[_Slot, list[int], bool]]) -> None:
         """One ``llama_decode`` of ``(slot, tokens, wants logits)``; then sample those slots."""
