@@ -6,16 +6,22 @@ published, so nothing the agent sends can slip past. nats-py runs each subscript
 own task, so a result may be handed over before the last chunks that preceded it on the
 wire: the iterator ends once it has both the result and the last chunk of the try that made
 it (or, that chunk lost, ``_LAST_CHUNK_GRACE_S`` after the result).
+
+Chunks wait in a deque and the reader sleeps on one event until something arrives: no timer
+and no cancel scope per chunk, since the loop's work per chunk is taken from a decoding
+thread beside it (the GIL, a core) and so costs the streamed answer tokens/s. The waits are
+bounded all the same: the result's waiter wakes the reader with the result, its timeout's
+error, or the end of the grace.
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections import deque
 from types import TracebackType
 from typing import TYPE_CHECKING, Final, Self
 
 import anyio
-import anyio.abc
 
 from lmteams.agents._messages import Chunk, Result, Task
 from lmteams.bus import Codec, Incoming
@@ -42,9 +48,10 @@ class StreamedTask:
         self.task = task
         self._timeout = timeout
         self._stack = contextlib.AsyncExitStack()
-        self._send, self._items = anyio.create_memory_object_stream[Chunk | Result | Exception](
-            _BUFFER
-        )
+        self._items: deque[Chunk | Result | Exception] = deque()
+        """What came, in the order it came: chunks, then the result (or its timeout)."""
+        self._arrived = anyio.Event()
+        self._grace_over = False
         self._lasts: set[tuple[str, int]] = set()
         self.result: Result | None = None
         """The task's one result, once the iterator has ended."""
@@ -55,8 +62,6 @@ class StreamedTask:
         stack, client = self._stack, self._client
         await stack.__aenter__()
         try:
-            stack.push_async_callback(self._items.aclose)
-            stack.push_async_callback(self._send.aclose)
             sub = await client.bus.subscribe(
                 client.subjects.stream(self.task.id), self._on_chunk, codec=_CHUNKS
             )
@@ -80,46 +85,54 @@ class StreamedTask:
         await self._stack.__aexit__(exc_type, exc, tb)
 
     async def _on_chunk(self, inc: Incoming[Chunk]) -> None:
-        try:
-            self._send.send_nowait(inc.body)
-        except anyio.WouldBlock:
+        if len(self._items) >= _BUFFER:
             self.dropped += 1
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError):  # the reader has left
-            pass
+            return
+        self._put(inc.body)
+
+    def _put(self, item: Chunk | Result | Exception) -> None:
+        self._items.append(item)
+        self._arrived.set()
 
     async def _wait_result(self, wait: Callable[[float], Awaitable[Result]]) -> None:
+        """The result (or its timeout's error) for the reader; then, should the last chunk
+        not follow, the end of the grace. Any other error ends the block, reader and all."""
         try:
-            item: Result | Exception = await wait(self._timeout)
+            result = await wait(self._timeout)
         except RequestTimeoutError as exc:
-            item = exc
-        with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
-            await self._send.send(item)
+            self._put(exc)
+            return
+        self._put(result)
+        await anyio.sleep(_LAST_CHUNK_GRACE_S)
+        self._grace_over = True
+        self._arrived.set()
 
     def __aiter__(self) -> Self:
         return self
 
     async def __anext__(self) -> Chunk:
-        pending = self.result
-        while not (pending is not None and self._complete(pending)):
-            limit = _LAST_CHUNK_GRACE_S if pending is not None else self._timeout + 1.0
-            with anyio.move_on_after(limit):
-                item = await self._items.receive()
+        while True:
+            if self._arrived.is_set():  # a wake-up from now on is for what is not yet read
+                self._arrived = anyio.Event()
+            while self._items and not self._ended():
+                item = self._items.popleft()
                 if isinstance(item, Exception):
                     raise item
                 if isinstance(item, Result):
-                    self.result = pending = item
+                    self.result = item
                     continue
                 if item.last:
                     self._lasts.add((item.agent, item.delivery))
                 if item.text:
                     return item
-                continue
-            if pending is None:  # the waiter always sends within the timeout: defensive
-                raise RequestTimeoutError(f"no result for task {self.task.id}")
-            break  # the result is here and its last chunk was lost: end without it
-        raise StopAsyncIteration
+            if self._ended() or (self.result is not None and self._grace_over):
+                raise StopAsyncIteration
+            await self._arrived.wait()  # bounded: the waiter wakes it (see _wait_result)
 
-    def _complete(self, result: Result) -> bool:
-        """Whether the try that made ``result`` has nothing more to stream."""
+    def _ended(self) -> bool:
+        """Whether the try that made the result has nothing more to stream."""
+        result = self.result
+        if result is None:
+            return False
         streamed = result.ok and result.strategy == "single"
         return not streamed or (result.agent, result.deliveries) in self._lasts
