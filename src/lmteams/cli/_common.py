@@ -45,7 +45,7 @@ __all__ = (
 T = TypeVar("T")
 
 
-_PIPED_WIDTH = 160  # columns for piped output: wide enough for any of our tables
+_PIPED_WIDTH = 1000  # columns for piped output: tables size to their cells, never wrap them
 
 
 def _console(*, stderr: bool) -> Console:

@@ -355,6 +355,12 @@ def plan(
         raise ConfigError("plan needs max_agents >= 1 and at least one device")
     if not architectures or not schedulings:
         raise ConfigError("plan needs at least one architecture and one scheduling")
+    for arch in architectures:
+        if arch not in ARCHITECTURES:
+            raise ConfigError(f"architecture {arch!r}: use {', '.join(ARCHITECTURES)}")
+    for sched in schedulings:
+        if sched not in SCHEDULINGS:
+            raise ConfigError(f"scheduling {sched!r}: use {', '.join(SCHEDULINGS)}")
     if objective not in OBJECTIVES:
         raise ConfigError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
     faults = {"straggler_rate": straggler_rate, "straggler_factor": straggler_factor}
