@@ -81,12 +81,12 @@ async def _up(model_path: str, team_home: Path, n: int, *options: str) -> AsyncI
     proc = subprocess.Popen(
         argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ)
     )
+    url = f"nats://127.0.0.1:{port}"
     try:
         with anyio.fail_after(60):
             while read_state(TEAM) is None:
                 assert proc.poll() is None, "lmteams up exited early"
                 await anyio.sleep(0.1)
-        url = f"nats://127.0.0.1:{port}"
         agents: dict[str, MemberFacts] = {}
         # the view's task group must end in this task, not in the fixture's teardown
         async with open_bus(url, name="e2e-watch") as watch, open_membership(watch, TEAM) as view:
@@ -101,19 +101,22 @@ async def _up(model_path: str, team_home: Path, n: int, *options: str) -> AsyncI
             yield Team(url=url, proc=proc, home=team_home, bus=bus, agents=agents)
     finally:
         _stop(proc)
-    _assert_no_orphans()
+    _assert_no_orphans(url)
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
     stop_processes([proc], timeout=60)
 
 
-def _assert_no_orphans() -> None:
+def agent_processes(url: str) -> list[str]:
+    """Pids of this team's agent processes on the bus at ``url``: only this test's, when
+    other tests (and other test workers) run agents of their own."""
+    pattern = f"lmteams agent start --team {TEAM} .*--nats {url}( |$)"
+    found = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True, check=False)
+    return found.stdout.split()
+
+
+def _assert_no_orphans(url: str) -> None:
     """A stopped team leaves no agent processes behind."""
-    leftover = subprocess.run(
-        ["pgrep", "-f", f"lmteams agent start --team {TEAM}"],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.split()
+    leftover = agent_processes(url)
     assert not leftover, f"orphan agent processes: {leftover}"

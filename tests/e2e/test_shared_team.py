@@ -3,8 +3,6 @@ its own member of the team, with its own key, votes and share of a job."""
 
 from __future__ import annotations
 
-import subprocess
-
 import pytest
 
 from lmteams.agents import TeamClient
@@ -13,18 +11,9 @@ from lmteams.gossip import open_membership
 from lmteams.jobs import JobClient, JobStatus
 from lmteams.testing import wait_until
 
-from .conftest import TEAM, Team
+from .conftest import TEAM, Team, agent_processes
 
 pytestmark = pytest.mark.slow
-
-
-def _agent_processes() -> list[str]:
-    return subprocess.run(
-        ["pgrep", "-f", f"lmteams agent start --team {TEAM}"],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.split()
 
 
 async def test_three_agents_share_one_process_and_each_keeps_its_place(
@@ -33,7 +22,7 @@ async def test_three_agents_share_one_process_and_each_keeps_its_place(
     facts = shared_team.agents
     assert set(facts) == {"agent-1", "agent-2", "agent-3"}
     assert len({f.pid for f in facts.values()}) == 1  # one process
-    assert len(_agent_processes()) == 1
+    assert len(agent_processes(shared_team.url)) == 1
     keys: dict[str, str] = {}
 
     def signed() -> bool:  # a member gossips its key a beat after it joins
