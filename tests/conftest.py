@@ -57,3 +57,21 @@ async def secured(tmp_path: Path) -> AsyncIterator[Secured]:
     creds = tmp_path / "creds"
     async with secured_team(creds, "sec", ["a1", "a2"], clients=("client", "eve")) as team:
         yield team
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that run the real model (or many real processes) go to one xdist worker, one at a
+    time: two of them side by side on a 2-core machine only slow each other down, while the
+    rest (mostly waiting on leases, timeouts and failure detection) share the other worker."""
+    for item in items:
+        if item.get_closest_marker("slow") or item.nodeid.startswith("tests/hardware/"):
+            item.add_marker(pytest.mark.xdist_group("model"))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Tests never touch the user's state, and parallel test workers never share theirs."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("LMTEAMS_HOME", str(tmp_path_factory.mktemp("lmteams-home")))
+    yield
+    patch.undo()
