@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -27,7 +26,14 @@ from lmteams.agents import (
     open_runtime,
 )
 from lmteams.agents._metrics import serve_metrics
-from lmteams.bus import Bus, EmbeddedServer, Subjects, WorkQueueSettings, ensure_team_streams
+from lmteams.bus import (
+    Bus,
+    EmbeddedServer,
+    Subjects,
+    WorkQueueSettings,
+    ensure_team_streams,
+    free_port,
+)
 from lmteams.hardware import Backend, DeviceClass, SimulatedBackend
 from lmteams.testing import stop_processes, wait_until
 
@@ -181,16 +187,10 @@ async def test_refused_and_malformed_tasks_count_as_dead_letters(bus: Bus) -> No
     assert _value(families, "lmteams_tasks_total", outcome="ok", **me) == 0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def test_an_agent_process_serves_its_metrics_on_metrics_port(
     bus: Bus, nats_server: EmbeddedServer, tmp_path: Path
 ) -> None:
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "LMTEAMS_HOME": str(tmp_path / "home"), "LMTEAMS_NATS_URL": ""}
     logs = tmp_path / "agent.log"
     with logs.open("wb") as sink:
