@@ -43,6 +43,7 @@ from lmteams.interop import (
     ProtocolBackendConfig,
     ProtocolTarget,
     attach,
+    find_protocol_agent,
     protocol_service,
     protocol_subject,
 )
@@ -268,10 +269,10 @@ def arithmetic(prompt: str) -> str:
 
 @contextlib.asynccontextmanager
 async def echo_agent(
-    nc: NatsClient, answer: Callable[[str], str] = arithmetic
+    nc: NatsClient, answer: Callable[[str], str] = arithmetic, *, owner: str = "tests"
 ) -> AsyncIterator[AgentService]:
     """A protocol agent written with the host SDK, as any harness would write one."""
-    service = AgentService(agent="adder", owner="tests", session_name="s1", nc=nc)
+    service = AgentService(agent="adder", owner=owner, session_name="s1", nc=nc)
 
     async def on_prompt(envelope: Envelope, stream: PromptStream) -> None:
         text = answer(envelope.prompt)
@@ -326,6 +327,27 @@ async def test_attaching_an_agent_that_is_not_there_names_those_that_are(
     async with raw_client(nats_server) as nc, echo_agent(nc), open_runtime(bus, TEAM) as rt:
         with pytest.raises(ConfigError, match=r"agents\.prompt\.adder\.tests\.s1"):
             await attach(rt, ProtocolTarget(agent="nobody"), actor_id="ghost")
+
+
+async def test_an_agent_with_an_escaped_name_is_found_by_its_name_or_its_subject_token(
+    nats_server: EmbeddedServer,
+) -> None:
+    """A name outside the subject alphabet is escaped in the subject: either spelling finds it."""
+    async with raw_client(nats_server) as nc, echo_agent(nc, owner="Tests Team"):
+        agents = Agents(nc=nc)
+        try:
+            (listed,) = await agents.discover(max_wait=2.0)
+            token = listed.prompt_subject.split(".")[3]
+            assert token != "Tests Team"  # escaped
+            by_name = await find_protocol_agent(
+                agents, ProtocolTarget(agent="adder", owner="Tests Team")
+            )
+            by_token = await find_protocol_agent(agents, ProtocolTarget(agent="adder", owner=token))
+            with pytest.raises(ConfigError, match="no protocol agent"):
+                await find_protocol_agent(agents, ProtocolTarget(agent="adder", owner="tests"))
+        finally:
+            await agents.close()
+    assert by_name.prompt_subject == by_token.prompt_subject == listed.prompt_subject
 
 
 async def test_a_dead_protocol_agent_hands_its_task_back(

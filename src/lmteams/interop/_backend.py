@@ -34,8 +34,10 @@ import msgspec
 from synadia_ai.agents import (
     Agent,
     Agents,
+    AgentSubject,
     DiscoverFilter,
     Envelope,
+    InvalidSubjectToken,
     NatsAgentError,
     ProtocolError,
     Query,
@@ -68,7 +70,8 @@ _NO_ONE_TO_ASK: Final = (
 
 
 class ProtocolTarget(msgspec.Struct, frozen=True, kw_only=True):
-    """Which protocol agent: its subject tokens ``agents.prompt.<agent>.<owner>.<session>``.
+    """Which protocol agent: its names, as registered or as its subject spells them
+    (``agents.prompt.<agent>.<owner>.<session>``, where the SDK escapes a name it cannot carry).
 
     ``owner`` and ``session`` may be left out when one agent of that kind is on the bus.
     """
@@ -178,13 +181,38 @@ class ProtocolBackend:
         """Nothing to free: the caller SDK client belongs to ``open_protocol_backend``."""
 
 
+def _tokens_match(agent: Agent, target: ProtocolTarget) -> bool:
+    """Whether ``target`` names ``agent``'s subject tokens, as written or as the SDK escapes
+    them: a name outside the token alphabet (capitals, spaces) is escaped in the subject and
+    in what discovery reports, while a user knows the name (or copies the subject)."""
+    tokens = agent.prompt_subject.split(".")[2:5]  # agents.prompt.<agent>.<owner>.<session>
+    written = (target.agent, target.owner, target.session)
+    spellings = [written]
+    try:
+        escaped = AgentSubject.new(target.agent, target.owner or "-", target.session or "-")
+    except InvalidSubjectToken:
+        pass
+    else:
+        spellings.append(
+            (
+                escaped.agent,
+                None if target.owner is None else escaped.owner,
+                None if target.session is None else escaped.session_name,
+            )
+        )
+    return len(tokens) == len(written) and any(
+        all(w is None or w == t for w, t in zip(wanted, tokens, strict=True))
+        for wanted in spellings
+    )
+
+
 async def find_protocol_agent(
     agents: Agents, target: ProtocolTarget, *, discover_s: float = 2.0
 ) -> Agent:
     """The one discovered agent ``target`` names; ``ConfigError`` naming what is there else."""
     wanted = DiscoverFilter(agent=target.agent, owner=target.owner, session_name=target.session)
     found = await agents.discover(max_wait=discover_s)
-    matches = [a for a in found if matches_filter(a.info, wanted)]
+    matches = [a for a in found if matches_filter(a.info, wanted) or _tokens_match(a, target)]
     if len(matches) == 1:
         return matches[0]
     seen = ", ".join(sorted(a.prompt_subject for a in found)) or "none"
