@@ -23,10 +23,9 @@ from lmteams.bus import open_bus, run_server
 from lmteams.errors import ConfigError, GraphError, TaskFailedError
 from lmteams.jobs._graph import TaskGraph
 from lmteams.jobs._graphio import SHIPPED_GRAPHS, load_graph, paper_graphs, shipped_graph
-from lmteams.study._metrics import RunMetrics
+from lmteams.study._metrics import RunMetrics, run_labels
 from lmteams.study._paper import paper_data_dir
 from lmteams.study._plan import predict_makespan
-from lmteams.study._predict import amdahl_speedup, work_span_speedup
 from lmteams.study._run import CHOICES, SCHEDULINGS, TEAM_ARCHITECTURES, run_team
 from lmteams.study._stats import with_pooled_speedups
 from lmteams.study._team import StudyTeam, open_team
@@ -196,29 +195,22 @@ async def _run_or_failure(
         )
     except TaskFailedError as exc:
         log.warning("study.run.failed", graph=graph.name, n=n, error=str(exc))
-        p = graph.parallel_fraction
         zero: dict[str, Any] = dict.fromkeys(_MEASURES, 0)
-        return RunMetrics(
-            graph=graph.name,
-            p=p,
-            n_agents=n,
+        labels = run_labels(
+            team,
+            graph,
+            n,
             architecture=architecture,
             scheduling=scheduling,
-            devices=tuple(m.device for m in team.members[:n]),
-            straggler_rate=team.straggler_rate,
-            straggler_factor=team.straggler_factor,
-            crash_rate=team.crash_rate,
             seed=seed,
-            time_scale=team.time_scale,
-            tasks=len(graph.subtasks),
-            amdahl=amdahl_speedup(p, n),
-            work_span=work_span_speedup(graph, n),
-            agents=(),
             choose=choose,
-            claim_error=team.claim_error if choose == "model" else 0.0,  # as job_metrics sets it
+        )
+        return RunMetrics(
+            **labels,
+            **zero,
+            agents=(),
             succeeded=False,
             error=str(exc),
-            **zero,
         )
 
 

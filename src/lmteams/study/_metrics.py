@@ -18,7 +18,7 @@ import json
 import urllib.request
 from collections import Counter
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import anyio
 import msgspec
@@ -245,6 +245,39 @@ def _task_calls(
     return out
 
 
+def run_labels(
+    team: StudyTeam,
+    graph: TaskGraph,
+    n_agents: int,
+    *,
+    architecture: str,
+    scheduling: str,
+    seed: int,
+    choose: str,
+) -> dict[str, Any]:
+    """What identifies a run and its condition, and its predictions: the same for a run that
+    was measured and one whose job failed, so both land in the same cell."""
+    p = graph.parallel_fraction
+    return {
+        "graph": graph.name,
+        "p": p,
+        "n_agents": n_agents,
+        "architecture": architecture,
+        "scheduling": scheduling,
+        "devices": tuple(m.device for m in team.members[:n_agents]),
+        "straggler_rate": team.straggler_rate,
+        "straggler_factor": team.straggler_factor,
+        "crash_rate": team.crash_rate,
+        "seed": seed,
+        "time_scale": team.time_scale,
+        "tasks": len(graph.subtasks),
+        "amdahl": amdahl_speedup(p, n_agents),
+        "work_span": work_span_speedup(graph, n_agents),
+        "choose": choose,
+        "claim_error": team.claim_error if choose == "model" else 0.0,
+    }
+
+
 def job_metrics(
     team: StudyTeam,
     graph: TaskGraph,
@@ -289,23 +322,20 @@ def job_metrics(
         for m in members
     )
     idle = sum(a.idle_s for a in agents) / n_agents
-    p = graph.parallel_fraction
-    return RunMetrics(
-        graph=graph.name,
-        p=p,
-        n_agents=n_agents,
+    labels = run_labels(
+        team,
+        graph,
+        n_agents,
         architecture=architecture,
         scheduling=scheduling,
-        devices=tuple(m.device for m in members),
-        straggler_rate=team.straggler_rate,
-        straggler_factor=team.straggler_factor,
-        crash_rate=team.crash_rate,
         seed=seed,
-        time_scale=scale,
+        choose=choose,
+    )
+    return RunMetrics(
+        **labels,
         makespan_s=makespan,
         wall_s=figures.makespan_s,
         rounds=figures.rounds,
-        tasks=len(graph.subtasks),
         executions=len(replayed),
         retries=sum(failures.values()),
         conflicts=figures.conflicts,
@@ -314,8 +344,6 @@ def job_metrics(
         tokens_out=figures.tokens_out,
         messages=traffic.in_msgs,
         bytes=traffic.in_bytes,
-        amdahl=amdahl_speedup(p, n_agents),
-        work_span=work_span_speedup(graph, n_agents),
         idle_s=idle,
         idle_fraction=idle / makespan if makespan > 0 else 0.0,
         replayed_s=replay(graph, replayed),
@@ -327,8 +355,6 @@ def job_metrics(
         work_s=figures.work_s / scale,
         bound_fraction=figures.bound_fraction,
         attempt_bound_fraction=_attempt_bound_fraction(graph, result),
-        choose=choose,
-        claim_error=team.claim_error if choose == "model" else 0.0,
         coordination_tokens_in=figures.coordination_tokens_in,
         coordination_tokens_out=figures.coordination_tokens_out,
         coordination_calls=len(coordination),
