@@ -241,9 +241,7 @@ class LlamaBackend:
         return PolledStream(lambda so_far: self._generate(request, so_far), request.stop)
 
     async def _generate(self, request: GenerateRequest, so_far: TextSoFar | None) -> Completion:
-        async with self._lock:
-            if self._closed:
-                raise BackendError(f"backend for {self.model} on {self.device} is closed")
+        async with self._lock:  # closed or not, the worker thread's _use() says
             completion = await run_in_thread(
                 lambda stop: self._generate_sync(request, stop, so_far)
             )
