@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import anyio
+import msgspec
 import pytest
 
 from lmteams.bus import (
@@ -60,6 +61,23 @@ async def test_port_in_use_is_a_clear_error() -> None:
         with pytest.raises(PortInUseError, match="already in use"):
             async with run_server(ServerConfig(port=first.config.port)):
                 pass
+
+
+async def test_a_chosen_port_taken_before_the_start_is_chosen_again() -> None:
+    """Ports lmteams picks are free when picked, and another process may bind one before
+    nats-server does (seen in CI, two test workers side by side): the server picks again."""
+    server = EmbeddedServer()
+    async with run_server() as squatter:  # a real process now holds the port the first chose
+        server.config = msgspec.structs.replace(server.config, port=squatter.config.port)
+        taken = squatter.config.port
+        try:
+            await server.start()
+            assert server.running and server.config.port != taken
+            async with open_bus(server.url, name="probe"):
+                pass  # it serves on the port it chose again
+        finally:
+            await server.stop()
+            server.cleanup()
 
 
 async def test_missing_binary_says_which_package(monkeypatch: pytest.MonkeyPatch) -> None:

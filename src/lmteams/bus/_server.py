@@ -40,6 +40,7 @@ log = structlog.get_logger(__name__)
 
 _READY_TIMEOUT = 20.0
 _STOP_TIMEOUT = 10.0
+_PORT_ATTEMPTS = 3
 
 
 class ClusterConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -109,22 +110,37 @@ class EmbeddedServer:
     def __init__(self, config: ServerConfig | None = None) -> None:
         cfg = config or ServerConfig()
         self._owns_store = cfg.store_dir is None
+        self._requested = cfg
         store = cfg.store_dir or tempfile.mkdtemp(prefix="lmteams-nats-")
-        self.config = msgspec.structs.replace(
+        self.config = self._with_ports(
+            msgspec.structs.replace(
+                cfg,
+                name=cfg.name or f"lmt-{os.getpid()}-{id(self) & 0xFFFF:x}",
+                store_dir=store,
+            )
+        )
+        self._proc: asyncio.subprocess.Process | None = None
+        self._has_run = False
+        self._log = log.bind(server=self.config.name, port=self.config.port)
+
+    def _with_ports(self, cfg: ServerConfig) -> ServerConfig:
+        """Free ports for every port the caller left to lmteams (0), the rest as asked."""
+        asked, host = self._requested, cfg.host
+        return msgspec.structs.replace(
             cfg,
-            port=cfg.port or free_port(cfg.host),
-            monitor_port=cfg.monitor_port or free_port(cfg.host),
-            name=cfg.name or f"lmt-{os.getpid()}-{id(self) & 0xFFFF:x}",
-            store_dir=store,
-            leaf_port=free_port(cfg.host) if cfg.leaf_port == 0 else cfg.leaf_port,
+            port=asked.port or free_port(host),
+            monitor_port=asked.monitor_port or free_port(host),
+            leaf_port=free_port(host) if asked.leaf_port == 0 else asked.leaf_port,
             cluster=(
-                msgspec.structs.replace(cfg.cluster, port=cfg.cluster.port or free_port(cfg.host))
-                if cfg.cluster
+                msgspec.structs.replace(asked.cluster, port=asked.cluster.port or free_port(host))
+                if asked.cluster
                 else None
             ),
         )
-        self._proc: asyncio.subprocess.Process | None = None
-        self._log = log.bind(server=self.config.name, port=self.config.port)
+
+    def _ports_chosen_here(self) -> bool:
+        asked = self._requested
+        return not (asked.port or asked.monitor_port or (asked.cluster and asked.cluster.port))
 
     # --- facts -----------------------------------------------------------------------------
     @property
@@ -199,7 +215,26 @@ class EmbeddedServer:
         return conf
 
     async def start(self, *, timeout: float = _READY_TIMEOUT) -> None:
-        """Start the process and return once it answers ``/healthz`` (JetStream included)."""
+        """Start the process and return once it answers ``/healthz`` (JetStream included).
+
+        A free port found by lmteams can be taken by another process before nats-server binds
+        it; then, and only for ports lmteams chose, it picks fresh ones and tries again. A
+        restart keeps its ports (clients reconnect to them), so it does not retry.
+        """
+        for attempt in range(_PORT_ATTEMPTS):
+            try:
+                await self._start_once(timeout)
+            except PortInUseError:
+                last = attempt + 1 == _PORT_ATTEMPTS
+                if last or self._has_run or not self._ports_chosen_here():
+                    raise
+                self._log.warning("nats.port_taken", attempt=attempt + 1)
+                self.config = self._with_ports(self.config)
+                self._log = log.bind(server=self.config.name, port=self.config.port)
+            else:
+                return
+
+    async def _start_once(self, timeout: float) -> None:
         if self.running:
             return
         binary = find_server_binary()
@@ -224,6 +259,7 @@ class EmbeddedServer:
             await self.stop()
             raise
         else:
+            self._has_run = True
             self._log.info("nats.ready", url=self.url)
 
     async def _wait_ready(self, timeout: float) -> None:
