@@ -59,13 +59,32 @@ async def secured(tmp_path: Path) -> AsyncIterator[Secured]:
         yield team
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests that run the real model (or many real processes) go to one xdist worker, one at a
     time: two of them side by side on a 2-core machine only slow each other down, while the
-    rest (mostly waiting on leases, timeouts and failure detection) share the other worker."""
+    rest (mostly waiting on leases, timeouts and failure detection) share the other worker.
+    It runs first because xdist reads the group marks in its own hook of the same name."""
     for item in items:
         if item.get_closest_marker("slow") or item.nodeid.startswith("tests/hardware/"):
             item.add_marker(pytest.mark.xdist_group("model"))
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Fail loudly, not flakily, if a pytest or xdist upgrade stops the model group working:
+    xdist marks a grouped test by suffixing its node id with ``@group``."""
+    if not getattr(session.config.option, "loadgroup", False):
+        return
+    lost = [
+        i.nodeid
+        for i in session.items
+        if i.get_closest_marker("xdist_group") and "@" not in i.nodeid
+    ]
+    if lost:
+        raise pytest.UsageError(
+            f"xdist's loadgroup did not group {len(lost)} tests (e.g. {lost[0]}); "
+            "see pytest-xdist#1386 and the pytest pin in pyproject.toml"
+        )
 
 
 @pytest.fixture(autouse=True, scope="session")
