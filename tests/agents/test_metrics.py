@@ -87,6 +87,23 @@ async def _scraped(where: tuple[str, int]) -> dict[str, list[Sample]]:
     return await anyio.to_thread.run_sync(_scrape, *where)
 
 
+async def _scraped_once_counted(
+    where: tuple[str, int], labels: dict[str, str]
+) -> dict[str, list[Sample]]:
+    """A scrape once the agent has counted its answered task. It counts after storing the
+    result, so a client can hold the result first (seen in CI, with the agent in a process
+    of its own)."""
+    families: dict[str, list[Sample]] = {}
+
+    async def counted() -> bool:
+        nonlocal families
+        families = await _scraped(where)
+        return _value(families, "lmteams_tasks_total", outcome="ok", **labels) >= 1
+
+    await wait_until(counted, timeout=30, interval=0.1)
+    return families
+
+
 def _server_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if "serve_forever" in t.name]
 
@@ -97,8 +114,8 @@ async def test_a_scrape_shows_the_task_the_agent_just_served(bus: Bus) -> None:
         async with serve_metrics(rt.metrics.registry, port=0) as where:
             result = await TeamClient(bus, TEAM).submit("What is 2+2?", max_tokens=16, timeout=30)
             assert result.ok
-            families = await _scraped(where)
             me = {"team": TEAM, "agent": "m1"}
+            families = await _scraped_once_counted(where, me)
             assert _value(families, "lmteams_tasks_total", outcome="ok", **me) == 1
             assert _value(families, "lmteams_tasks_total", outcome="error", **me) == 0
             assert _value(families, "lmteams_task_duration_seconds_count", **me) == 1
@@ -156,8 +173,8 @@ async def test_a_redelivered_task_counts_in_redeliveries(bus: Bus) -> None:
         async with serve_metrics(rt.metrics.registry, port=0) as where:
             result = await TeamClient(bus, TEAM).submit("again?", max_tokens=8, timeout=30)
             assert result.ok and result.deliveries == 2
-            families = await _scraped(where)
-    me = {"team": TEAM, "agent": "m1"}
+            me = {"team": TEAM, "agent": "m1"}
+            families = await _scraped_once_counted(where, me)
     assert _value(families, "lmteams_redeliveries_total", **me) == 1
     assert _value(families, "lmteams_tasks_total", outcome="ok", **me) == 1
 
@@ -212,7 +229,7 @@ async def test_an_agent_process_serves_its_metrics_on_metrics_port(
         await wait_until(serving, timeout=60, interval=0.2)
         result = await TeamClient(bus, TEAM).submit("What is 2+2?", max_tokens=8, timeout=60)
         assert result.ok and result.agent == "p1"
-        families = await _scraped(where)
+        families = await _scraped_once_counted(where, me)
         assert _value(families, "lmteams_tasks_total", outcome="ok", **me) == 1
         assert _value(families, "lmteams_tokens_out_total", **me) == result.tokens_out
         assert _value(families, "lmteams_task_duration_seconds_count", **me) == 1

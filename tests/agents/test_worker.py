@@ -236,7 +236,11 @@ async def test_stopped_mid_task_hands_the_task_back(bus: Bus) -> None:
         await rt.spawn(SimWorker, actor_id="w2")
         result = await TeamClient(bus, TEAM).wait("back-1", timeout=30)
     assert result.ok and result.agent == "w2" and result.deliveries == 2
-    assert (await bus.js.stream_info(s.tasks_stream)).state.messages == 0
+
+    async def taken() -> bool:  # the ack follows the result: the work queue empties after it
+        return (await bus.js.stream_info(s.tasks_stream)).state.messages == 0
+
+    await wait_until(taken, timeout=10)
 
 
 class NewerTask(msgspec.Struct, frozen=True, kw_only=True, tag="task"):
