@@ -214,7 +214,7 @@ async def main_openai(quick: bool, threads: int, max_tokens: int) -> None:
         figure("llm_tokens_per_s_through_agent_openai", statistics.median(ours),
                statistics.median(bare), 0.95,
                baseline_kind="bare openai SDK client streaming from the same server",
-               server="llama_cpp.server (llama-cpp-python), loopback",
+               server="llama_cpp.server via lmteams.hardware.llama_server, loopback",
                openai_sdk=importlib.metadata.version("openai"), **common),
     ]  # fmt: skip
     emit(figures, benchmark="llm_overhead", mode="openai",

@@ -85,7 +85,9 @@ def llama_server(
 ) -> Iterator[str]:
     """llama-cpp-python's OpenAI-compatible server on a free loopback port; yields its base URL.
 
-    It needs llama-cpp-python's ``server`` extra (the test extra has it). Ready once
+    It needs llama-cpp-python's ``server`` extra (the test extra has it), and runs through
+    :mod:`lmteams.hardware.llama_server` (extra weight buffers off on AMX CPUs, where the
+    plain server crashes on its first decode). Ready once
     ``/v1/models`` answers; a server that exits or stays silent for ``timeout`` fails with
     its log's tail, and it is stopped on exit whatever happened.
     """
@@ -93,9 +95,9 @@ def llama_server(
 
     port = free_port()
     argv = [
-        sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--host", "127.0.0.1",
-        "--port", str(port), "--n_ctx", str(n_ctx), "--n_threads", str(threads),
-        "--n_threads_batch", str(threads),
+        sys.executable, "-m", "lmteams.hardware.llama_server", "--model", str(model),
+        "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(n_ctx),
+        "--n_threads", str(threads), "--n_threads_batch", str(threads),
     ]  # fmt: skip
     base_url = f"http://127.0.0.1:{port}/v1"
     with contextlib.ExitStack() as stack:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 from pathlib import Path
 
@@ -261,6 +262,30 @@ def test_extra_buffers_default_off_only_on_amx_cpus(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(_llama, "cpu_simd", lambda: ("avx2",))
     assert _llama._extra_buffers(BackendConfig()) is True
     assert _llama._extra_buffers(BackendConfig(extra_buffers=False)) is False
+
+
+@pytest.mark.parametrize(("simd", "extra"), [(("avx2", "amx_int8"), False), (("avx2",), True)])
+def test_the_llama_server_wrapper_loads_as_lmteams_does(
+    monkeypatch: pytest.MonkeyPatch, simd: tuple[str, ...], extra: bool
+) -> None:
+    import runpy
+
+    import llama_cpp.llama_cpp as native
+
+    from lmteams.hardware import _llama, llama_server
+
+    seen: list[tuple[str, bool, list[str]]] = []
+
+    def run_module(name: str, **_: object) -> None:  # what the server would load with
+        seen.append((name, native.llama_model_default_params().use_extra_bufts, list(sys.argv)))
+
+    monkeypatch.setattr(_llama, "cpu_simd", lambda: simd)
+    monkeypatch.setattr(runpy, "run_module", run_module)
+    monkeypatch.setattr(sys, "argv", ["llama_server.py", "--model", "m.gguf", "--port", "1"])
+    llama_server.main()
+    assert seen == [
+        ("llama_cpp.server", extra, ["llama_cpp.server", "--model", "m.gguf", "--port", "1"])
+    ]
 
 
 async def test_batched_prompt_evaluation_finishes(default_model: ModelFile) -> None:
