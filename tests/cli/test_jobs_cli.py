@@ -79,8 +79,8 @@ def test_help_of_every_verb() -> None:
     assert all(v in lmteams("job", "--help").stdout for v in ("submit", "status", "list", "cancel"))
     submit = lmteams("job", "submit", "--help").stdout
     for option in ("--architecture", "--scheduling", "--agents", "--backups", "--no-backups",
-                   "--lease", "--choose", "--id", "--wait", "--timeout", "--json", "--nats",
-                   "--team"):  # fmt: skip
+                   "--lease", "--choose", "--placement", "--id", "--wait", "--timeout", "--json",
+                   "--nats", "--team"):  # fmt: skip
         assert option in submit, option
     assert "--json" in lmteams("job", "status", "--help").stdout
     assert "--json" in lmteams("job", "list", "--help").stdout
@@ -103,6 +103,8 @@ def test_a_bad_job_file_is_one_line_and_exit_2(invoke, tmp_path: Path, case: str
         (["--architecture", "mesh"], "--architecture"),
         (["--scheduling", "later"], "--scheduling"),
         (["--choose", "dice"], "--choose"),
+        (["--placement", "random"], "--placement"),
+        (["--placement", "preassigned", "--architecture", "decentralized"], "centralized"),
         (["--lease", "0"], "--lease"),
         (["--agents", "-1"], "--agents"),
         (["--id", "a.b"], "job id"),

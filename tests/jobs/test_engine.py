@@ -6,9 +6,11 @@ import pytest
 
 from lmteams.agents import WorkerAgent, WorkerConfig, open_runtime
 from lmteams.bus import Bus, Subjects, ensure_team_streams
+from lmteams.errors import ConfigError
 from lmteams.hardware import BackendConfig
-from lmteams.jobs import JobClient, JobStatus, job_service
+from lmteams.jobs import JobClient, JobStatus, job_service, new_job
 from lmteams.jobs._graph import Subtask, TaskGraph
+from lmteams.jobs._preassign import agent_lists, paper_preassignment
 
 from .conftest import SIM
 
@@ -198,3 +200,57 @@ async def test_self_organizing_agents_keep_every_claim_they_make(bus: Bus, sched
     assert result.figures is not None and result.figures.releases == 0
     assert [r.attempts for r in result.subtasks] == [1] * 15
     assert len({r.agent for r in result.subtasks}) > 1  # the team shared it
+
+
+def _lists_graph() -> TaskGraph:
+    """Two chains and three free subtasks: pre-assignment keeps each chain on one agent."""
+    return TaskGraph(
+        name="lists",
+        subtasks=(
+            Subtask(id="a1", title="chain a", work_tokens=20),
+            Subtask(id="a2", title="chain a", deps=("a1",), work_tokens=20),
+            Subtask(id="f1", title="free", work_tokens=20),
+            Subtask(id="b1", title="chain b", work_tokens=20),
+            Subtask(id="b2", title="chain b", deps=("b1",), work_tokens=20),
+            Subtask(id="f2", title="free", work_tokens=20),
+            Subtask(id="f3", title="free", work_tokens=20),
+        ),
+    )
+
+
+@pytest.mark.parametrize("scheduling", ["async", "rounds"])
+async def test_preassigned_placement_runs_each_agents_own_list_in_order(
+    bus: Bus, scheduling: str
+) -> None:
+    team = "dealt"
+    graph = _lists_graph()
+    await ensure_team_streams(bus, Subjects(team))
+    async with open_runtime(bus, team, worker_services=[job_service()]) as runtime:
+        for i in range(3):  # one device: the team's order is by name
+            await runtime.spawn(lambda: WorkerAgent(SIM), actor_id=f"w{i}", roles=("worker",))
+        result = await JobClient(bus, team).run_job(
+            graph,
+            timeout=60,
+            placement="preassigned",
+            scheduling=scheduling,  # type: ignore[arg-type]
+            backups=False,
+            lease_s=3.0,
+        )
+    assert result.status is JobStatus.DONE, result.error
+    dealt = paper_preassignment(graph, 3)
+    records = {r.id: r for r in result.subtasks}
+    assert {i: r.agent for i, r in records.items()} == {i: f"w{a}" for i, a in dealt.items()}
+    for agent, queue in enumerate(agent_lists(graph, 3)):
+        starts = [records[graph.subtasks[i].id].started_at for i in queue]
+        assert starts == sorted(starts), f"w{agent} left its list's order"
+    assert all(r.attempts == 1 for r in result.subtasks)
+
+
+def test_preassigned_placement_is_refused_where_it_cannot_hold() -> None:
+    with pytest.raises(ConfigError, match="centralized"):
+        new_job(_lists_graph(), architecture="decentralized", placement="preassigned")
+    roles = TaskGraph(name="roles", subtasks=(Subtask(id="r", title="r", roles=("reviewer",)),))
+    with pytest.raises(ConfigError, match="roles"):
+        new_job(roles, placement="preassigned")
+    with pytest.raises(ConfigError, match="placement"):
+        new_job(_lists_graph(), placement="random")  # type: ignore[typeddict-item]

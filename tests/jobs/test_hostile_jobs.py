@@ -183,6 +183,15 @@ async def test_well_formed_hostile_messages_are_refused_and_jobs_still_run(bus: 
         assert await client.job("ghost") is None  # a cancel of an unknown job made nothing
 
 
+async def _publish_raw(bus: Bus, request: dict[str, object]) -> None:
+    """A job request as an outsider publishes it: JSON on the stream, past every client check."""
+    await bus.js.publish(
+        S.job_requests,
+        msgspec.json.encode(request),
+        headers={"Content-Type": "application/json"},
+    )
+
+
 async def test_an_invalid_job_gets_a_failed_result_naming_the_problem(bus: Bus) -> None:
     await ensure_team_streams(bus, S)
     async with open_runtime(bus, TEAM, worker_services=[job_service()]) as runtime:
@@ -201,12 +210,31 @@ async def test_an_invalid_job_gets_a_failed_result_naming_the_problem(bus: Bus) 
                 },
             },
         }
-        await bus.js.publish(
-            S.job_requests,
-            msgspec.json.encode(cyclic),
-            headers={"Content-Type": "application/json"},
-        )
+        await _publish_raw(bus, cyclic)
         result = await client.wait_job("bad1", timeout=30)
         assert result.status is JobStatus.FAILED
         assert "cycle" in result.error
         assert runtime.state("w0") is ActorState.RUNNING
+
+
+async def test_a_forged_preassigned_job_with_roles_is_refused_and_the_team_serves(bus: Bus) -> None:
+    # published raw, past new_job: the spec's own check refuses it where it is decoded
+    await ensure_team_streams(bus, S)
+    async with open_runtime(bus, TEAM, worker_services=[job_service()]) as runtime:
+        await runtime.spawn(lambda: WorkerAgent(SIM), actor_id="w0", roles=("worker",))
+        client = JobClient(bus, TEAM)
+        forged = {
+            "type": "submit-job",
+            "job": {
+                "id": "dealt-roles",
+                "graph": {"name": "r", "subtasks": [{"id": "a", "title": "a", "roles": ["x"]}]},
+                "options": {"placement": "preassigned"},
+            },
+        }
+        await _publish_raw(bus, forged)
+        result = await client.wait_job("dealt-roles", timeout=30)
+        assert result.status is JobStatus.FAILED
+        assert "roles" in result.error
+        assert runtime.state("w0") is ActorState.RUNNING
+        graph = TaskGraph(name="after", subtasks=(Subtask(id="x", title="x", work_tokens=5),))
+        assert (await client.run_job(graph, timeout=30)).status is JobStatus.DONE

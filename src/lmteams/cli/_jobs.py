@@ -69,6 +69,7 @@ _COLUMNS = ("subtask", "status", "agent", "attempt", "tokens")
 _ARCHITECTURES = ("centralized", "decentralized")
 _SCHEDULINGS = ("async", "rounds")
 _CHOICES = ("first", "model")
+_PLACEMENTS = ("greedy", "preassigned")
 
 
 def _client(
@@ -235,6 +236,13 @@ def job_submit(
             "(model: ask the agent's model, which costs tokens)."
         ),
     ] = None,
+    placement: Annotated[
+        str | None,
+        typer.Option(
+            help=f"How a centralized coordinator places subtasks: {'|'.join(_PLACEMENTS)} "
+            "(preassigned: the paper's lists, dealt before the run)."
+        ),
+    ] = None,
     job_id: Annotated[
         str | None, typer.Option("--id", help="Job id (default: a fresh one).")
     ] = None,
@@ -265,6 +273,7 @@ def job_submit(
         (architecture, _ARCHITECTURES, "--architecture"),
         (scheduling, _SCHEDULINGS, "--scheduling"),
         (choose, _CHOICES, "--choose"),
+        (placement, _PLACEMENTS, "--placement"),
     ):
         if value is not None:
             choice(value, known, option)
@@ -272,6 +281,7 @@ def job_submit(
         "architecture": architecture,
         "scheduling": scheduling,
         "choose": choose,
+        "placement": placement,
         "agents": agents,
         "backups": backups,
         "lease_s": lease,

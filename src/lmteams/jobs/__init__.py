@@ -33,6 +33,7 @@ from lmteams.jobs._messages import (
     JobResult,
     JobSpec,
     JobStatus,
+    Placement,
     Report,
     Scheduling,
     SubmitJob,
@@ -63,6 +64,7 @@ __all__ = (
     "render_prompt",
     # wire types
     "Architecture",
+    "Placement",
     "Scheduling",
     "Choice",
     "JobOptions",

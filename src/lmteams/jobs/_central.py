@@ -29,7 +29,7 @@ from lmteams.hardware import AgentLoad, expected_finish
 from lmteams.jobs._attempt import AttemptOutcome, settle
 from lmteams.jobs._board import Commit, JobBoard, JobView
 from lmteams.jobs._finish import job_over
-from lmteams.jobs._graph import Subtask
+from lmteams.jobs._graph import Subtask, TaskGraph
 from lmteams.jobs._ledger import Ledger
 from lmteams.jobs._messages import (
     Assign,
@@ -42,6 +42,7 @@ from lmteams.jobs._messages import (
     Working,
 )
 from lmteams.jobs._policy import available_workers, by_priority, outputs_for, straggler, wake_in
+from lmteams.jobs._preassign import agent_lists, depth_first_indices
 from lmteams.jobs._template import render_prompt
 from lmteams.jobs._watch import Latest, keep_running, running_jobs
 
@@ -189,6 +190,7 @@ class _Driver:
         # from before its previous step's claims (it would assign an agent twice)
         self._own: dict[int, tuple[SubtaskState, int]] = {}
         self._round = 0
+        self._lists: dict[str, list[int]] | None = None  # pre-assigned placement only
 
     async def run(self) -> None:
         try:
@@ -247,13 +249,16 @@ class _Driver:
                 return True
             await self.c.board.advance_round(self.job_id, round_no)
             round_no = self._round = round_no + 1
-        ready = by_priority(graph, view.ready())
+        ready = view.ready()
+        if options.placement == "preassigned":
+            await self._deal(view, team, idle, round_no, set(ready))
+        greedy = by_priority(graph, ready) if options.placement == "greedy" else []
         load = {
             s.holder: float(graph.subtasks[s.index].work_tokens)
             for s in view.states
             if s.status is SubtaskStatus.CLAIMED
         }
-        for i in ready:
+        for i in greedy:
             if not idle:
                 break
             # in rounds nobody busy frees up before the barrier: only idle agents count
@@ -269,6 +274,42 @@ class _Driver:
             if late is not None:
                 await self._backup(view, late, idle[0])
         return True
+
+    async def _deal(
+        self, view: JobView, team: list[str], idle: list[str], round_no: int, ready: set[int]
+    ) -> None:
+        """Pre-assigned placement: each idle agent gets the next subtask of its own list once
+        that is ready, and nothing else (not even when its list is blocked and another's is
+        not: that idleness is the architecture's, and what the study measures)."""
+        if not team:
+            return
+        for agent, queue in self._own_lists(view.record.spec.graph, team).items():
+            head = next((i for i in queue if view.states[i].status is not SubtaskStatus.DONE), -1)
+            if agent in idle and head in ready and await self._assign(view, head, agent, round_no):
+                idle.remove(agent)
+
+    def _own_lists(self, graph: TaskGraph, team: list[str]) -> dict[str, list[int]]:
+        """Each agent's list, dealt once over the (non-empty) team this driver first sees.
+
+        An agent that leaves the team hands its list to a member without one or, when there
+        is none, merges it into the shortest list (both stay in depth-first order). A
+        coordinator that takes over deals again over its own view of the team; with the same
+        members it deals the same lists (the team's order is by rate, then name).
+        """
+        if self._lists is None:
+            self._lists = dict(zip(team, agent_lists(graph, len(team)), strict=True))
+        lists = self._lists
+        for gone in [a for a in lists if a not in team]:
+            queue = lists.pop(gone)
+            spare = next((a for a in team if a not in lists), None)
+            if spare is not None:
+                lists[spare] = queue
+            else:
+                position = {i: k for k, i in enumerate(depth_first_indices(graph))}
+                target = min(lists, key=lambda a: (len(lists[a]), a))
+                lists[target] = sorted(lists[target] + queue, key=position.__getitem__)
+            self.c._log.warning("jobs.list_moved", job_id=self.job_id, agent=gone)
+        return lists
 
     def _team(self, record: JobRecord) -> list[str]:
         """The agents this job may use: available workers, the fastest first, kept stable."""

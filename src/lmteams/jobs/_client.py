@@ -40,6 +40,7 @@ from lmteams.jobs._messages import (
     JobResult,
     JobSpec,
     JobStatus,
+    Placement,
     Scheduling,
     SubmitJob,
 )
@@ -62,6 +63,7 @@ class JobOverrides(TypedDict, total=False):
     backups: bool
     lease_s: float
     choose: Choice
+    placement: Placement
     timeout_s: float
 
 
@@ -88,12 +90,15 @@ def new_job(
         options = msgspec.convert({**msgspec.structs.asdict(base), **overrides}, JobOptions)
     except msgspec.ValidationError as err:
         raise ConfigError(f"invalid job option: {err}") from None
-    spec = JobSpec(
-        id=validate_token(job_id or f"job-{new_id()}", "job id"),
-        graph=graph,
-        options=options,
-        submitted_by=submitted_by,
-    )
+    try:
+        spec = JobSpec(
+            id=validate_token(job_id or f"job-{new_id()}", "job id"),
+            graph=graph,
+            options=options,
+            submitted_by=submitted_by,
+        )
+    except ValueError as err:  # JobSpec's own checks of options against the graph
+        raise ConfigError(f"invalid job: {err}") from None
     # a graph or spec built around its checks (msgspec.structs.replace) is checked as the
     # team will decode it: a cycle or a bad template raises here, not in admission
     try:

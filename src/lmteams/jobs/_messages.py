@@ -22,10 +22,11 @@ from typing import Annotated
 import msgspec
 
 from lmteams.jobs._graph import TaskGraph
-from lmteams.jobs._options import Architecture, Choice, JobOptions, Scheduling
+from lmteams.jobs._options import Architecture, Choice, JobOptions, Placement, Scheduling
 
 __all__ = (
     "Architecture",
+    "Placement",
     "Scheduling",
     "Choice",
     "JobOptions",
@@ -57,6 +58,15 @@ class JobSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     submitted_by: str = ""
     trace: str = ""
     """The submitter's W3C ``traceparent`` (tracing on): every subtask attempt joins its trace."""
+
+    def __post_init__(self) -> None:
+        # here, not in the submitter's helper: a spec decoded off the bus is checked as well
+        if self.options.placement == "preassigned" and any(s.roles for s in self.graph.subtasks):
+            raise ValueError(  # msgspec reports it as a validation error naming the struct
+                f"graph {self.graph.name} limits subtasks to roles, which pre-assigned "
+                "placement cannot honour (it deals subtasks out before the run): use "
+                "placement 'greedy'"
+            )
 
 
 class SubmitJob(msgspec.Struct, frozen=True, kw_only=True, tag="submit-job"):

@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-__all__ = ("Architecture", "Choice", "JobOptions", "Scheduling")
+__all__ = ("Architecture", "Choice", "JobOptions", "Placement", "Scheduling")
 
 Architecture = Literal["centralized", "decentralized"]
 """Who decides which agent runs what: the coordinator-lease holder, or the agents by claiming."""
@@ -28,6 +28,13 @@ remaining chain (``first``), or by asking its model over the job board (``model`
 real tokens, and a weak model makes real conflicts)."""
 
 
+Placement = Literal["greedy", "preassigned"]
+"""How a centralized coordinator places subtasks: each ready one on the agent expected to
+finish it first (``greedy``), or the paper's pre-assignment (``preassigned``: before the
+run, chains kept on one agent and the rest dealt round-robin; each agent then works its own
+list in order, and a subtask waits for its agent even when another is idle)."""
+
+
 class JobOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """How a job runs; a job file may carry them in a ``[job]`` table, the CLI overrides."""
 
@@ -40,5 +47,13 @@ class JobOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     lease_s: Annotated[float, msgspec.Meta(ge=0.1, le=86_400)] = 10.0
     """A claim lapses this long after its holder last renewed it (renewed every lease_s/3)."""
     choose: Choice = "first"
+    placement: Placement = "greedy"
     timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 3600.0
     """The whole job fails (``timed_out``) if it is not done this long after admission."""
+
+    def __post_init__(self) -> None:
+        if self.placement != "greedy" and self.architecture != "centralized":
+            raise ValueError(  # msgspec reports it as a validation error naming the struct
+                f"placement {self.placement!r} is a coordinator's: it needs a centralized job, "
+                f"not {self.architecture}"
+            )
