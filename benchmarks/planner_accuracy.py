@@ -7,19 +7,27 @@ of attempts crashing part-way (the engine reports the failed attempt and the sub
 again). Every run is a job on the production engine (:func:`lmteams.study.run_team`),
 without backup copies (the paper's architectures had none). Graphs: the paper's nine task
 lists and the five shipped graphs (``--quick``: four of them); team sizes 1..8
-(``--quick``: 1, 2, 4, 8); architectures centralized-greedy and decentralized, async.
-Makespans are modelled seconds (wall over ``--time-scale``).
+(``--quick``: 1, 2, 4, 8); the three architectures (centralized-greedy, the paper's
+centralized-preassigned, decentralized), async. Makespans are modelled seconds (wall over
+``--time-scale``).
 
-The third architecture, the paper's ``centralized-preassigned``, exists only in the
-planner's model (the job engine has no pre-assigned placement), so it is predicted and
-reported beside, never measured, and left out of every figure.
+Common draws (:class:`lmteams.study.CommonDraws`): run r of every cell of graph g uses seed
+g * 1000 + r, and a call's latency, straggle and crash are drawn by the run's seed and the
+call (its prompt and how many times the run has made it), whichever agent makes it. Every
+cell's runs still follow the devices' distribution, and the plan never sees the draws; but
+the options of a graph are compared on the same draws (a paired design), so which option
+measures best says what the architectures do rather than whose draws were luckier. The
+price: a graph's cells share their luck, so their errors and coverage move together, and
+coverage has as many independent blocks as graphs (``independent_blocks``).
 
 Prediction per cell: :func:`lmteams.study.predict_option`, ``--samples`` Monte Carlo plays
 of the engine's placement rule over draws from the same latency distribution, stragglers
 and crashes, plus the engine's per-subtask overhead, calibrated per architecture by
-:func:`lmteams.study.calibrate_overhead` on one agent of the same team in the same process
-(a run's makespan minus its replay, per subtask) before the cells, and again after them;
-the mean of the two is used (the machine's load drifts).
+:func:`lmteams.study.calibrate_overhead` on agents of the same team in the same process
+(a run's makespan minus its replay, per subtask) right before each graph's block of cells of
+that architecture, and again right after it; the mean of the two predicts the block (the
+machine's load drifts over a long run, and a calibration taken once at the start spoke for
+conditions an hour later).
 
 Figures (last JSON line), over the measured cells (graph x n x architecture), each cell's
 measured mean over ``--repetitions`` runs:
@@ -29,18 +37,23 @@ measured mean over ``--repetitions`` runs:
   the true mean; drawn from the predicted distributions), and ``bias``, the mean signed
   error (negative: the plan promises less time than teams take).
 - ``interval_coverage``: share of measured means inside the predicted 90 % interval of the
-  mean of K runs. Target 0.85..0.95.
+  mean of K runs. Target 0.85..0.95. Beside it, two checks the shared draws do not blur:
+  ``run_interval_coverage``, the share of single runs inside the predicted 90 % interval of
+  one run, and ``spread_ratio``, the median over cells of the predicted per-run coefficient
+  of variation over the measured one (1: the model's variance is the teams').
 - ``best_choice_rate``: per graph, whether the option the planner recommends (objective
   ``fastest``, over the measured options) has a measured mean within 5 % of the best measured
-  mean. Target >= 0.90. Its ``noise_floor`` is what a perfect model would score: with many
-  options within a few per cent of each other and means of K heavy-tailed runs, which one
-  measures best is mostly the draws' doing.
+  mean. Target >= 0.90. Its ``noise_floor_independent`` is what a perfect model would score
+  were each option measured on draws of its own (no common draws): with many options within a
+  few per cent of each other and means of K heavy-tailed runs, which one measures best is
+  then mostly the draws' doing. The common draws lift the real floor above it.
 
 The per-subtask overhead is calibrated at 1, 2 and the largest team size (linear between):
 decentralized agents racing for claims pay more per subtask as the team grows (on this
-machine ~1.5 modelled s at n = 1, ~11 at n = 8 with 3 ready subtasks per agent). It depends
-on how many subtasks are ready at once as well, which the calibration does not vary, so
-chain-heavy graphs (few ready) are over-predicted at n >= 4 decentralized. Rarely a
+machine, quiet, 0.6-0.9 modelled s at n = 1 and 1.9-4.3 at n = 8 with 3 ready subtasks per
+agent; centralized 0.3-1.4 at n = 8). It depends on how many subtasks are ready at once as
+well, which the calibration does not vary, so chain-heavy graphs (few ready) are
+over-predicted at n >= 4 decentralized. Rarely a
 decentralized run at n = 8 on a chain-plus-free list livelocks for seconds on lost claims
 (seen once: 5,104 conflicts per run, makespans 4-40x the centralized ones); no latency model
 predicts that, and the cell's error shows it.
@@ -48,16 +61,38 @@ predicts that, and the cell's error shows it.
 Caveats: a shared 2-core VM; the engine's per-subtask cost is wall time (~10 ms), so a
 smaller time scale weighs it more, and its drift between calibration and cells is error.
 
+Shards: ``--shard I/K`` measures graphs I, I + K, ... of the list only (seeds as in the whole
+run), each shard calibrated and predicted in its own process; ``--save FILE`` writes its cells
+(with the plan's draws, for the noise floors), and ``--merge FILE ...`` reports the figures
+over every saved cell without measuring. So a run too long for one sitting can be split
+across processes or days: every cell is still predicted with the overheads calibrated on
+the machine, at the time, it was measured on. Shards may run side by side on one machine:
+each block is calibrated under the load the shards put on each other then. With one
+calibration before all cells and one after, four shards side by side had calibrated at the
+same moment, and the decentralized overhead at n = 8 read 4.5-7.1 modelled s per subtask
+before the cells and 1.8-3.3 after, which spoiled that architecture's predictions.
+
+Reading the figures: with common draws a graph's cells share their luck, and at K = 48 that
+luck is most of the error. Every graph here is 20 calls of 300 tokens, so at n = 1 (where no
+architecture or overhead model matters) all fourteen have the same distribution, yet their
+measured means ranged from 17 % above to 12 % below the prediction (2026-12-02). Between
+graphs lies 89 % of the variance of the cells' errors; net of each graph's own error at n = 1,
+the p90 error was 0.072.
+
 Run: .venv/bin/python benchmarks/planner_accuracy.py [--quick]
+     .venv/bin/python benchmarks/planner_accuracy.py --shard 1/2 --save a.json  (and 2/2)
+     .venv/bin/python benchmarks/planner_accuracy.py --merge a.json b.json
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import statistics
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +102,6 @@ from lmteams.bus import open_bus, run_server
 from lmteams.errors import TaskFailedError
 from lmteams.jobs._graph import TaskGraph
 from lmteams.study import (
-    OptionPrediction,
     Overhead,
     RunMetrics,
     StudyTeam,
@@ -88,9 +122,12 @@ from _common import emit, quiet_logs
 
 DEVICE = "paper-resample"
 FAULTS: dict[str, float] = {"straggler_rate": 0.10, "straggler_factor": 3.0, "crash_rate": 0.05}
-ARCHITECTURES = ("centralized-greedy", "decentralized")
+ARCHITECTURES = ("centralized-greedy", "centralized-preassigned", "decentralized")
 QUICK_GRAPHS = ("dataanalysis/p05", "svgutils/p09", "serial-p02", "fully-parallel-20")
 _RETRIES = 3
+_GRAPH_SEEDS = 1_000
+"""Graph g's runs use seeds g * this + r: options of one graph share draws, graphs do not."""
+_RERUN_SEEDS = 1_000_000
 
 
 def _graphs(quick: bool, names: str) -> dict[str, TaskGraph]:
@@ -99,16 +136,29 @@ def _graphs(quick: bool, names: str) -> dict[str, TaskGraph]:
     return {k: every[k] for k in wanted}
 
 
+def _shard(spec: str) -> tuple[int, int]:
+    """``"I/K"`` as (I - 1, K); ``""`` is the whole run, (0, 1)."""
+    if not spec:
+        return 0, 1
+    index, _, count = spec.partition("/")
+    i, k = int(index), int(count or "0")
+    if not 1 <= i <= k:
+        raise SystemExit(f"--shard wants I/K with 1 <= I <= K, not {spec!r}")
+    return i - 1, k
+
+
 async def _measure(
-    team: StudyTeam, graph: TaskGraph, n: int, arch: str, reps: int
+    team: StudyTeam, graph: TaskGraph, n: int, arch: str, reps: int, *, first_seed: int
 ) -> list[RunMetrics]:
-    """``reps`` runs; a run whose subtask crashed three times (the engine fails the job) is
-    rerun, as the paper's speedups count successful runs only."""
+    """``reps`` runs, seeds from ``first_seed`` on; a run whose subtask crashed three times
+    (the engine fails the job) is rerun, as the paper's speedups count successful runs only."""
     spans: list[RunMetrics] = []
     failed = 0
     while len(spans) < reps:
+        # a rerun needs other draws: the same seed would crash the same subtask again
+        seed = first_seed + len(spans) + _RERUN_SEEDS * failed
         try:
-            run = await run_team(team, graph, n, architecture=arch, seed=len(spans))
+            run = await run_team(team, graph, n, architecture=arch, seed=seed)
         except TaskFailedError:
             failed += 1
             if failed > _RETRIES:
@@ -118,8 +168,18 @@ async def _measure(
     return spans
 
 
+async def _calibrate(team: StudyTeam, sizes: list[int], arch: str, repeats: int) -> Overhead:
+    return (await calibrate_overheads(team, sizes, repeats=repeats, architectures=[arch]))[arch]
+
+
+def _midpoint(before: Overhead, after: Overhead) -> Overhead:
+    """The overhead halfway between two calibrations at the same sizes."""
+    mean = tuple((x + y) / 2 for x, y in zip(before.seconds, after.seconds, strict=True))
+    return Overhead(sizes=before.sizes, seconds=mean)
+
+
 def _noise_floor(
-    cells: list[tuple[OptionPrediction, list[float]]], reps: int, trials: int = 200
+    cells: list[tuple[float, list[float]]], reps: int, trials: int = 200
 ) -> tuple[float, float]:
     """The median and p90 error a perfect model would score: each cell's measured mean drawn
     as K runs from its own predicted distribution (kept in ``samples``)."""
@@ -127,9 +187,9 @@ def _noise_floor(
     medians, p90s = [], []
     for _ in range(trials):
         errors = []
-        for prediction, samples in cells:
+        for predicted, samples in cells:
             mean = statistics.fmean(rng.choices(samples, k=reps))
-            errors.append(abs(prediction.makespan_s - mean) / mean)
+            errors.append(abs(predicted - mean) / mean)
         medians.append(statistics.median(errors))
         p90s.append(_quantile(errors, 0.9))
     return statistics.fmean(medians), statistics.fmean(p90s)
@@ -149,6 +209,10 @@ def _choice_floor(
             best = min(m for _, m in means)
             hits.append(next(m for chosen, m in means if chosen) <= best * 1.05)
     return statistics.fmean(hits)
+
+
+def _cv(values: Sequence[float]) -> float:
+    return statistics.pstdev(values) / statistics.fmean(values)
 
 
 def _quantile(values: list[float], q: float) -> float:
@@ -172,139 +236,166 @@ def _lower_is_better(name: str, value: float, target: float, **extra: Any) -> di
     }
 
 
-async def main(args: argparse.Namespace) -> None:
+async def main(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Measure and predict this shard's cells: their rows and the run's context."""
     sizes = [int(n) for n in args.sizes.split(",") if n] or (
         [1, 2, 4, 8] if args.quick else list(range(1, 9))
     )
     scale = args.time_scale or 0.01
-    reps = args.repetitions or (6 if args.quick else 8)
+    reps = args.repetitions or 16  # the median error's noise floor is 0.07 at 16, 0.11 at 6
     samples = args.samples
-    graphs = _graphs(args.quick, args.graphs)
+    shard, shards = _shard(args.shard)
+    # a graph's index (its seeds) is its place in the whole list, whichever shard runs it
+    indexed = [
+        (g, name, graph)
+        for g, (name, graph) in enumerate(_graphs(args.quick, args.graphs).items())
+        if g % shards == shard
+    ]
+    graphs = {name: graph for _, name, graph in indexed}
     started = time.perf_counter()
     rows: list[dict[str, Any]] = []
-    cells: list[tuple[OptionPrediction, list[float]]] = []
-    options_of: dict[str, list[tuple[bool, list[float]]]] = {}
-    choices: dict[str, bool] = {}
-    model_only: dict[str, dict[str, float]] = {}
     async with (
         run_server() as server,
         open_bus(server.url, name="bench") as bus,
         open_team(
             bus, [DEVICE], max(sizes), team="accuracy", time_scale=scale, seed=args.seed,
-            **FAULTS,
+            common_draws=True, **FAULTS,
         ) as team,
     ):  # fmt: skip
         calibrated_at = sorted({1, *sizes[1:2], max(sizes)})
-        before = await calibrate_overheads(team, calibrated_at, repeats=args.calibration_repeats)
         measured: dict[tuple[str, int, str], list[RunMetrics]] = {}
-        for name, graph in graphs.items():
+        # per graph and architecture, [before, after] its block of cells: the machine's
+        # load drifts over a long run (and shards side by side load it unevenly)
+        brackets: dict[tuple[str, str], tuple[Overhead, Overhead]] = {}
+        for g, name, graph in indexed:
             team.retune(graph)
             for arch in ARCHITECTURES:
+                before = await _calibrate(team, calibrated_at, arch, args.calibration_repeats)
                 for n in sizes:
-                    measured[name, n, arch] = await _measure(team, graph, n, arch, reps)
+                    measured[name, n, arch] = await _measure(
+                        team, graph, n, arch, reps, first_seed=g * _GRAPH_SEEDS
+                    )
+                after = await _calibrate(team, calibrated_at, arch, args.calibration_repeats)
+                brackets[name, arch] = before, after
             print(f"{name:<22} measured ({time.perf_counter() - started:.0f}s)", flush=True)
-        after = await calibrate_overheads(team, calibrated_at, repeats=args.calibration_repeats)
-        overheads = {
-            a: Overhead(
-                sizes=before[a].sizes,
-                seconds=tuple(
-                    (x + y) / 2 for x, y in zip(before[a].seconds, after[a].seconds, strict=True)
-                ),
-            )
-            for a in ARCHITECTURES
-        }
         rates = [m.tokens_per_s for m in team.members]
     for name, graph in graphs.items():
         model = call_model(DEVICE, graph, **FAULTS)
+        overheads = {a: _midpoint(*brackets[name, a]) for a in ARCHITECTURES}
         options = plan(
             graph, [DEVICE], max_agents=max(sizes),
-            architectures=(*ARCHITECTURES, "centralized-preassigned"),
+            architectures=ARCHITECTURES,
             overheads=overheads, repetitions=reps, samples=samples, seed=args.seed,
             **FAULTS,
         ).options  # fmt: skip
-        model_only[name] = {
-            str(o.n_agents): round(o.makespan_s, 2)
-            for o in options
-            if o.architecture == "centralized-preassigned" and o.n_agents in sizes
-        }
-        ours = [o for o in options if o.runnable and o.n_agents in sizes]
+        ours = [o for o in options if o.n_agents in sizes]
+        best = choose_option(ours, "fastest")
         for o in ours:
             runs = measured[name, o.n_agents, o.architecture]
             spans = [r.makespan_s for r in runs]
-            # the plan's own draws (same seed and count), kept for the noise floor
+            # the plan's own draws (same seed and count), kept for the noise floors
             draws = sample_makespans(
                 graph, [model] * o.n_agents, rates[: o.n_agents],
                 architecture=o.architecture, overhead_s=overheads[o.architecture].at(o.n_agents),
                 samples=samples, seed=args.seed,
             ).makespans  # fmt: skip
             mean = statistics.fmean(spans)
-            cells.append((o.prediction, list(draws)))
             rows.append(
                 {
                     "graph": name,
                     "n": o.n_agents,
                     "architecture": o.architecture,
-                    "predicted": round(o.makespan_s, 2),
+                    "predicted": o.makespan_s,
                     "interval": [
                         round(o.prediction.mean_interval.low, 2),
                         round(o.prediction.mean_interval.high, 2),
                     ],
-                    "measured": round(mean, 2),
+                    "measured": mean,
                     "error": (o.makespan_s - mean) / mean,
                     "inside": mean in o.prediction.mean_interval,
+                    "runs_inside": sum(x in o.prediction.run_interval for x in spans),
+                    "spread_ratio": _cv(draws) / _cv(spans),
                     "runs": [round(x, 1) for x in spans],
                     "engine_gap": round(
                         statistics.fmean(r.makespan_s - r.replayed_s for r in runs), 1
                     ),
                     "conflicts": round(statistics.fmean(r.conflicts for r in runs), 1),
                     "releases": sum(r.releases for r in runs),
+                    "recommended": o is best,
+                    "draws": [round(x, 3) for x in draws],
                 }
             )
-        best = choose_option(ours, "fastest")
-        means = {
-            (o.n_agents, o.architecture): statistics.fmean(
-                r.makespan_s for r in measured[name, o.n_agents, o.architecture]
-            )
-            for o in ours
-        }
-        choices[name] = means[best.n_agents, best.architecture] <= min(means.values()) * 1.05
-        ours_draws = cells[-len(ours) :]
-        options_of[name] = [(o is best, d) for o, (_, d) in zip(ours, ours_draws, strict=True)]
     context = {
         "device": DEVICE,
         "faults": FAULTS,
         "architectures_measured": list(ARCHITECTURES),
-        "model_only": {"centralized-preassigned": "no pre-assigned placement in the job engine"},
-        "preassigned_predicted_s": model_only if args.quick else "left out (long)",
+        "common_draws": "run r of every cell draws with seed r (lmteams.study.CommonDraws)",
         "overhead_s": {
-            a: {
-                str(n): [round(x, 3), round(y, 3)]
-                for n, x, y in zip(o.sizes, before[a].seconds, after[a].seconds, strict=True)
+            name: {
+                a: {
+                    str(n): [round(x, 3), round(y, 3)]
+                    for n, x, y in zip(b.sizes, b.seconds, e.seconds, strict=True)
+                }
+                for a in ARCHITECTURES
+                for b, e in [brackets[name, a]]
             }
-            for a, o in overheads.items()
+            for name in graphs
         },
-        "overhead_note": "per subtask, modelled s, by team size: [before, after] the cells",
+        "overhead_note": "per graph and architecture, per subtask, modelled s, by team size: "
+        "[before, after] that block of cells",
         "repetitions": reps,
         "team_sizes": sizes,
         "time_scale": scale,
         "samples": samples,
+        "graphs": list(graphs),
+        "shard": f"{shard + 1}/{shards}",
         "seconds": round(time.perf_counter() - started, 1),
     }
-    context["best_choice_noise_floor"] = round(_choice_floor(options_of, reps), 4)
-    _report(rows, cells, choices, reps, context)
+    return rows, context
 
 
-def _report(
-    rows: list[dict[str, Any]],
-    cells: list[tuple[OptionPrediction, list[float]]],
-    choices: dict[str, bool],
-    reps: int,
-    context: dict[str, Any],
-) -> None:
+def _merge(paths: list[str]) -> None:
+    """Report over the cells of saved shards; a graph saved twice is refused."""
+    rows: list[dict[str, Any]] = []
+    contexts: list[dict[str, Any]] = []
+    for path in paths:
+        saved = json.loads(Path(path).read_text())
+        contexts.append(saved["context"])
+        rows += saved["rows"]
+    graphs = [g for c in contexts for g in c["graphs"]]
+    if len(set(graphs)) != len(graphs):
+        raise SystemExit(f"the shards measured some graphs twice: {sorted(graphs)}")
+    if len({c["repetitions"] for c in contexts}) != 1:
+        raise SystemExit("the shards ran different numbers of repetitions")
+    _report(rows, contexts)
+
+
+def _choices(rows: list[dict[str, Any]]) -> dict[str, bool]:
+    """Per graph: is the recommended option's measured mean within 5 % of the best one?"""
+    by_graph: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_graph.setdefault(r["graph"], []).append(r)
+    return {
+        g: next(r["measured"] for r in mine if r["recommended"])
+        <= min(r["measured"] for r in mine) * 1.05
+        for g, mine in by_graph.items()
+    }
+
+
+def _report(rows: list[dict[str, Any]], contexts: list[dict[str, Any]]) -> None:
+    reps = contexts[0]["repetitions"]
+    cells = [(r["predicted"], r["draws"]) for r in rows]
+    options_of: dict[str, list[tuple[bool, list[float]]]] = {}
+    for r in rows:
+        options_of.setdefault(r["graph"], []).append((r["recommended"], r["draws"]))
+    choices = _choices(rows)
     errors = [abs(r["error"]) for r in rows]
     floor_median, floor_p90 = _noise_floor(cells, reps)
     coverage = statistics.fmean(r["inside"] for r in rows)
-    worst = sorted(rows, key=lambda r: -abs(r["error"]))[:5]
+    worst = [
+        {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items() if k != "draws"}
+        for r in sorted(rows, key=lambda r: -abs(r["error"]))[:5]
+    ]
     for r in rows:
         print(
             f"{r['graph']:<22} n={r['n']} {r['architecture']:<19} pred={r['predicted']:8.1f} "
@@ -331,8 +422,7 @@ def _report(
         ),
         _lower_is_better(
             "p90_error", _quantile(errors, 0.9), 0.15, noise_floor=round(floor_p90, 4),
-            worst=[{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}
-                   for r in worst],
+            worst=worst,
         ),
         {
             "name": "interval_coverage",
@@ -342,6 +432,11 @@ def _report(
             "target": [0.85, 0.95],
             "met": 0.85 <= coverage <= 0.95,
             "cells": len(rows),
+            "independent_blocks": len({r["graph"] for r in rows}),
+            "run_interval_coverage": round(
+                sum(r["runs_inside"] for r in rows) / sum(len(r["runs"]) for r in rows), 4
+            ),
+            "spread_ratio": round(statistics.median(r["spread_ratio"] for r in rows), 4),
         },
         {
             "name": "best_choice_rate",
@@ -353,10 +448,13 @@ def _report(
             "graphs": len(choices),
             "missed": sorted(g for g, ok in choices.items() if not ok),
             "baseline_is": "arXiv 2512.08296's scaling-law planner: best architecture 87%",
-            "noise_floor": context["best_choice_noise_floor"],
+            "noise_floor_independent": round(_choice_floor(options_of, reps), 4),
         },
     ]  # fmt: skip
-    emit(figures, **context)
+    if len(contexts) == 1:
+        emit(figures, **contexts[0])
+    else:
+        emit(figures, shards=contexts, repetitions=reps)
 
 
 if __name__ == "__main__":
@@ -369,6 +467,16 @@ if __name__ == "__main__":
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--graphs", default="", help="comma list of graph names (a smoke run)")
     parser.add_argument("--sizes", default="", help="comma list of team sizes (a smoke run)")
+    parser.add_argument("--shard", default="", help="I/K: measure graphs I, I + K, ... only")
+    parser.add_argument("--save", default="", help="write the measured cells to this JSON file")
+    parser.add_argument("--merge", nargs="+", default=[], help="report over saved shards")
     arguments = parser.parse_args()
     quiet_logs()
-    anyio.run(main, arguments)
+    if arguments.merge:
+        _merge(arguments.merge)
+    else:
+        measured_rows, run_context = anyio.run(main, arguments)
+        if arguments.save:
+            saved = {"context": run_context, "rows": measured_rows}
+            Path(arguments.save).write_text(json.dumps(saved))
+        _report(measured_rows, [run_context])

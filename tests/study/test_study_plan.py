@@ -178,7 +178,6 @@ def test_plan_json_carries_the_objective_intervals_and_costs() -> None:
         assert p["mean_interval"]["low"] <= o["makespan_s"] <= p["mean_interval"]["high"]
         assert p["run_interval"]["level"] == 0.9
         assert o["tokens"] == p["work_tokens"] + p["coordination_tokens"]
-        assert o["runnable"] == (o["architecture"] != "centralized-preassigned")
     assert chosen["recommended"] in chosen["options"]
     bad = runner.invoke(app, ["plan", "serial-p02", "--objective", "prettiest"])
     assert bad.exit_code != 0 and "prettiest" in bad.output
@@ -201,10 +200,10 @@ async def test_verify_reports_the_error_distribution_of_real_runs(bus: Bus) -> N
         assert all(math.isfinite(x) and x >= 0 for x in cost.seconds)
     assert check.overheads["decentralized"].sizes == (1, 2)
     assert chosen.overheads == check.overheads
-    # pre-assigned ties greedy here and is listed first, so it is recommended; no team runs
-    # it, so the best runnable option is verified and the report says so
-    assert chosen.recommended.architecture == "centralized-preassigned"
-    assert check.architecture == "centralized-greedy" and "runs only in the model" in check.note
+    # every architecture runs on a team: the recommendation itself is verified (pre-assigned
+    # and greedy tie here but for their calibrated overheads, so either may be it)
+    best = chosen.recommended
+    assert (check.n_agents, check.architecture) == (best.n_agents, best.architecture)
     assert len(check.measured_s) == len(check.errors) == 2
     assert check.measured_mean_s == pytest.approx(statistics.fmean(check.measured_s))
     assert check.errors == pytest.approx(

@@ -19,10 +19,12 @@ from lmteams.cli._study import study_app
 from lmteams.errors import ConfigError
 from lmteams.hardware import GenerateRequest, resolve_model
 from lmteams.study import (
+    CommonDraws,
     LatencyBackend,
     LognormalFit,
     PaperData,
     calibrate_overhead,
+    calibrate_overheads,
     chain_plus_free,
     count_runs,
     example_config,
@@ -102,13 +104,24 @@ async def test_plan_predicts_the_replayed_makespan(bus: Bus) -> None:
     assert run.replayed_s == pytest.approx(best.makespan_s)
 
 
+async def test_a_preassigned_team_works_the_papers_lists(bus: Bus) -> None:
+    # a chain of three and three free subtasks on two agents: the paper deals the chain and
+    # the second free one to agent 0 (4 s of work), the other two to agent 1; greedy
+    # placement balances it (3 s, the chain)
+    graph = chain_plus_free("dealt", 3, 3, work_tokens=100)
+    async with open_team(bus, ["steady"], 2, graph=graph, time_scale=0.01) as team:
+        dealt = await run_team(team, graph, 2, architecture="centralized-preassigned")
+        greedy = await run_team(team, graph, 2, architecture="centralized-greedy")
+    assert sorted(a.tasks for a in dealt.agents) == [2, 4]
+    assert dealt.replayed_s == pytest.approx(4.0)
+    assert greedy.replayed_s == pytest.approx(3.0)
+    assert dealt.architecture == "centralized-preassigned"
+
+
 async def test_run_team_rejects_bad_options(bus: Bus) -> None:
     async with open_team(bus, ["steady"], 1, time_scale=0.01) as team:
         with pytest.raises(ConfigError, match="architecture must be one of"):
             await run_team(team, SERIAL, 1, architecture="anarchy")
-        # the paper's pre-assignment is the simulator's alone: a team runs jobs
-        with pytest.raises(ConfigError, match="planner's model only"):
-            await run_team(team, SERIAL, 1, architecture="centralized-preassigned")
         with pytest.raises(ConfigError, match=r"n_agents must be in 1\.\.1"):
             await run_team(team, SERIAL, 2)
     with pytest.raises(ConfigError, match="unknown device 'tpu'"):
@@ -126,6 +139,49 @@ async def test_lognormal_backend_draws_latency_with_the_time_scale() -> None:
     assert mean == pytest.approx(fit.mean_s, rel=0.15)
     assert backend.tokens_per_s == pytest.approx(300 / fit.mean_s)
     assert all(c.tokens_out == 300 for c in calls)
+
+
+async def test_common_draws_key_a_call_by_run_and_prompt_not_by_agent() -> None:
+    fit = LognormalFit(mu=math.log(10.0), sigma=0.8, n=100)
+    draws = CommonDraws(seed=5)
+    one, other = (LatencyBackend(fit=fit, seed=s, time_scale=0.0, draws=draws) for s in (1, 2))
+
+    async def latency(backend: LatencyBackend, prompt: str) -> float:
+        answer = await backend.generate(GenerateRequest(prompt=prompt, max_tokens=100))
+        return answer.timings.generation_s
+
+    draws.begin(0)
+    first = [await latency(one, "a"), await latency(one, "b"), await latency(one, "a")]
+    draws.begin(0)  # the same run again, the calls made by the other agent, in another order
+    again_b, again_a = await latency(other, "b"), await latency(other, "a")
+    assert (again_a, again_b) == (first[0], first[1])
+    assert await latency(other, "a") == first[2] != first[0]  # a prompt's second call draws anew
+    draws.begin(1)
+    assert await latency(one, "a") != first[0]  # another run, other draws
+    alone = LatencyBackend(fit=fit, seed=1, time_scale=0.0)  # no common draws: the agent's own
+    assert [await latency(alone, p) for p in ("a", "a")] != [first[0], first[0]]
+
+
+async def test_a_team_with_common_draws_gives_every_architecture_the_same_calls(bus: Bus) -> None:
+    graph = chain_plus_free("paired", 2, 4, work_tokens=100)
+    async with open_team(
+        bus, ["paper-resample"], 3, graph=graph, time_scale=0.002, common_draws=True
+    ) as team:
+        runs = {
+            arch: await run_team(team, graph, n, architecture=arch, seed=7)
+            for arch, n in (
+                ("centralized-greedy", 3),
+                ("decentralized", 2),
+                ("centralized-preassigned", 1),
+            )
+        }
+        calls = team.calls
+    by_prompt: dict[str, set[float]] = {}
+    for call in calls:
+        by_prompt.setdefault(call.prompt, set()).add(round(call.modelled_s, 9))
+    assert len(by_prompt) == len(graph.subtasks)
+    assert all(len(seconds) == 1 for seconds in by_prompt.values()), by_prompt
+    assert len({r.replayed_s for r in runs.values()}) > 1  # the same draws, other schedules
 
 
 @pytest.mark.slow
@@ -236,3 +292,14 @@ async def test_paper_latency_agents_run_a_team_on_the_bus(
     # 8 calls of a third of a paper call each (100 of 300 tokens), none over 180 s
     assert 0.0 < run.replayed_s < 8 * 180.0 / 3
     assert run.replayed_s != pytest.approx(8 / 4 * 3.0)  # not the steady device's time
+
+
+async def test_overheads_calibrate_only_the_architectures_asked(bus: Bus) -> None:
+    graph = chain_plus_free("calibrated", 2, 2, work_tokens=50)
+    async with open_team(bus, ["steady"], 2, graph=graph, time_scale=0.01) as team:
+        one = await calibrate_overheads(team, [1, 2], repeats=1, architectures=["decentralized"])
+        with pytest.raises(ConfigError, match="architecture"):
+            await calibrate_overheads(team, [1], repeats=1, architectures=["ring"])
+    assert list(one) == ["decentralized"]
+    assert one["decentralized"].sizes == (1, 2)
+    assert all(math.isfinite(x) and x >= 0.0 for x in one["decentralized"].seconds)

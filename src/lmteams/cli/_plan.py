@@ -124,7 +124,7 @@ def _print(chosen: Plan, check: Verification | None) -> None:
         left = column in {"architecture", "scheduling"}
         table.add_column(column, justify="left" if left else "right")
     for o in chosen.options:
-        mark = (" *" if o == chosen.recommended else "") + ("" if o.runnable else " ~")
+        mark = " *" if o == chosen.recommended else ""
         p = o.prediction
         table.add_row(
             f"{o.n_agents}{mark}",
@@ -144,8 +144,7 @@ def _print(chosen: Plan, check: Verification | None) -> None:
     for line in (
         f"mean: over the simulated runs; 90% of mean-of-{k}: where the mean of {k} real runs "
         "should fall; 90% of one run: where a single run should fall",
-        "exact: the simulator at mean rates (no variance); * recommended; ~ the model's only "
-        "(no team runs it)",
+        "exact: the simulator at mean rates (no variance); * recommended",
         f"speedup: over one {one} agent (the fastest device), {chosen.baseline_s:.1f}s",
         f"capacity: the team's agents' speeds summed, in {one} agents",
         "efficiency: speedup / capacity",
@@ -173,8 +172,7 @@ def _print(chosen: Plan, check: Verification | None) -> None:
         errors = ", ".join(f"{e:+.1%}" for e in check.errors)
         inside = "inside" if check.mean_inside else "OUTSIDE"
         _out.print(
-            (f"note: {check.note}\n" if check.note else "")
-            + f"verified {check.n_agents} agents, {check.architecture} ({check.scheduling}), "
+            f"verified {check.n_agents} agents, {check.architecture} ({check.scheduling}), "
             f"{len(check.measured_s)} runs: measured mean {check.measured_mean_s:.1f}s vs "
             f"predicted {check.predicted_s:.1f}s (error {check.relative_error:.1%}, {inside} "
             f"the predicted 90% interval of the mean); per-run errors {errors}; median "

@@ -42,7 +42,7 @@ from lmteams.study._findings import (
     findings_tables,
     paper_findings,
 )
-from lmteams.study._latency import LatencyBackend
+from lmteams.study._latency import CommonDraws, LatencyBackend
 from lmteams.study._metrics import AgentMetrics, BusTraffic, RunMetrics, bus_traffic
 from lmteams.study._montecarlo import (
     CallModel,
@@ -93,7 +93,6 @@ from lmteams.study._report import write_report
 from lmteams.study._run import (
     ARCHITECTURES,
     SCHEDULINGS,
-    TEAM_ARCHITECTURES,
     Architecture,
     Scheduling,
     run_team,
@@ -218,12 +217,12 @@ __all__ = (
     "measure_llama_profiles",
     "subtask_prompt",
     "STEADY_TOKENS_PER_S",
+    "CommonDraws",
     "LatencyBackend",
     "run_team",
     "Architecture",
     "Scheduling",
     "ARCHITECTURES",
-    "TEAM_ARCHITECTURES",
     "SCHEDULINGS",
     "RunMetrics",
     "AgentMetrics",

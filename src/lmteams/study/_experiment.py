@@ -26,7 +26,7 @@ from lmteams.jobs._graphio import SHIPPED_GRAPHS, load_graph, paper_graphs, ship
 from lmteams.study._metrics import RunMetrics, run_labels
 from lmteams.study._paper import paper_data_dir
 from lmteams.study._plan import predict_makespan
-from lmteams.study._run import CHOICES, SCHEDULINGS, TEAM_ARCHITECTURES, run_team
+from lmteams.study._run import ARCHITECTURES, CHOICES, SCHEDULINGS, run_team
 from lmteams.study._stats import with_pooled_speedups
 from lmteams.study._team import StudyTeam, open_team
 
@@ -89,8 +89,8 @@ class ExperimentConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
         if any(n < 1 for n in self.team_sizes) or self.repetitions < 1:
             raise ConfigError("team sizes and repetitions must be >= 1")
         for arch in self.architectures:
-            if arch not in TEAM_ARCHITECTURES:
-                raise ConfigError(f"architecture {arch!r}: use {', '.join(TEAM_ARCHITECTURES)}")
+            if arch not in ARCHITECTURES:
+                raise ConfigError(f"architecture {arch!r}: use {', '.join(ARCHITECTURES)}")
         for sched in self.scheduling:
             if sched not in SCHEDULINGS:
                 raise ConfigError(f"scheduling {sched!r}: use {', '.join(SCHEDULINGS)}")

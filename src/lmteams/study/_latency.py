@@ -28,7 +28,38 @@ from lmteams.jobs._graph import DEFAULT_WORK_TOKENS
 from lmteams.study._claim import answer_claim
 from lmteams.study._paper import LognormalFit
 
-__all__ = ("LatencyBackend",)
+__all__ = ("CommonDraws", "LatencyBackend")
+
+
+class CommonDraws:
+    """Common random numbers: a call's draws keyed by the run and the call, not by the agent.
+
+    A study comparing options (team sizes, architectures) on noisy devices measures each
+    option's mean over a few runs; with every agent drawing from its own stream, which option
+    measures fastest is mostly the luck of its draws. Shared by a team's backends, this gives
+    the k-th call of a prompt in run ``r`` the same latency, straggle and crash whichever
+    agent makes it and whatever the architecture, so options run with the same seeds differ
+    by what the architecture does, not by their draws (a paired design). Each call's draws
+    still follow the device's distribution; runs of different seeds are independent. A
+    retry of a prompt is its next call, so it draws anew.
+    """
+
+    def __init__(self, seed: int = 0) -> None:
+        self._seed = seed
+        self._run = 0
+        self._seen: dict[str, int] = {}
+
+    def begin(self, run_seed: int) -> None:
+        """The draws of run ``run_seed`` from here on (counts of calls start again)."""
+        self._run = run_seed
+        self._seen.clear()
+
+    def rng(self, prompt: str) -> random.Random:
+        """The generator of this call: its prompt's next occurrence in the current run."""
+        k = self._seen.get(prompt, 0)
+        self._seen[prompt] = k + 1
+        # a str seed is hashed with SHA-512 (not Python's salted hash): the same in every process
+        return random.Random(f"{self._seed}/{self._run}/{k}/{prompt}")
 
 
 class LatencyBackend:
@@ -37,7 +68,8 @@ class LatencyBackend:
     A call asking for ``max_tokens`` takes ``latency * max_tokens / reference_tokens``
     modelled seconds, where ``latency`` is one draw; it produces exactly ``max_tokens`` tokens
     so a run's token count is what the graph says. Stragglers and failures are injected with
-    the given probabilities, as :class:`~lmteams.hardware.SimulatedBackend` does.
+    the given probabilities, as :class:`~lmteams.hardware.SimulatedBackend` does; with
+    ``draws`` (shared by a team) a call's draws are :class:`CommonDraws`', not the agent's.
     """
 
     def __init__(
@@ -54,6 +86,7 @@ class LatencyBackend:
         failure_prob: float = 0.0,
         claim_error: float = 0.0,
         full_claims: bool = False,
+        draws: CommonDraws | None = None,
     ) -> None:
         if fit is None and not samples:
             raise ConfigError("LatencyBackend needs a lognormal fit or latency samples")
@@ -77,6 +110,7 @@ class LatencyBackend:
         self._full_claims = full_claims
         # claims draw from their own stream, so a chooser's quality leaves latencies alone
         self._claim_rng = random.Random(seed ^ 0xC1A1)
+        self._draws = draws
         self._lock = anyio.Lock()
         self.calls = 0
         self.failures = 0
@@ -103,19 +137,20 @@ class LatencyBackend:
         """The generation rate a planner should assume for this backend."""
         return self._reference / self.mean_call_s
 
-    def _draw(self) -> float:
+    def _draw(self, rng: random.Random) -> float:
         if self._fit is not None:
-            return math.exp(self._rng.gauss(self._fit.mu, self._fit.sigma))
-        return self._rng.choice(self._samples)
+            return math.exp(rng.gauss(self._fit.mu, self._fit.sigma))
+        return rng.choice(self._samples)
 
     async def generate(self, request: GenerateRequest) -> Completion:
         async with self._lock:
-            fails, fail_at = self._rng.random() < self._failure_prob, self._rng.random()
-            slow = self._straggler_factor if self._rng.random() < self._straggler_prob else 1.0
+            rng = self._rng if self._draws is None else self._draws.rng(request.prompt)
+            fails, fail_at = rng.random() < self._failure_prob, rng.random()
+            slow = self._straggler_factor if rng.random() < self._straggler_prob else 1.0
             tokens_out = max(1, request.max_tokens)
             claim = answer_claim(request.prompt, self._claim_rng, self._claim_error)
             size = self._reference if claim is not None and self._full_claims else tokens_out
-            seconds = self._draw() * slow * size / self._reference
+            seconds = self._draw(rng) * slow * size / self._reference
             self.calls += 1
             if fails:
                 await anyio.sleep(seconds * fail_at * self._time_scale)

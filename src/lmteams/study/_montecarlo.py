@@ -47,7 +47,7 @@ from lmteams.errors import ConfigError
 from lmteams.hardware import DEVICE_CLASSES, estimate_tokens
 from lmteams.jobs._graph import DEFAULT_WORK_TOKENS, TaskGraph
 from lmteams.jobs._policy import by_priority
-from lmteams.study._schedule import depth_first_order, paper_preassignment
+from lmteams.jobs._preassign import agent_lists
 from lmteams.study._team import STEADY_TOKENS_PER_S, device_rate, subtask_prompt
 from lmteams.study._team import _paper_samples as paper_samples
 
@@ -322,7 +322,6 @@ class _Shape:
     children: list[list[int]]
     order: list[int]
     """Longest remaining chain first, as the engine orders ready subtasks."""
-    depth_first: list[int]
 
     @classmethod
     def of(cls, graph: TaskGraph) -> _Shape:
@@ -336,7 +335,6 @@ class _Shape:
             deps=[len(set(s.deps)) for s in graph.subtasks],
             children=children,
             order=by_priority(graph, list(range(len(graph.subtasks)))),
-            depth_first=[index[t] for t in depth_first_order(graph)],
         )
 
 
@@ -493,11 +491,7 @@ def sample_makespans(
     shape = _Shape.of(graph)
     queues = None
     if architecture == "centralized-preassigned":
-        assignment = paper_preassignment(graph, len(models))
-        queues = [
-            [i for i in shape.depth_first if assignment[graph.subtasks[i].id] == a]
-            for a in range(len(models))
-        ]
+        queues = agent_lists(graph, len(models))
     greedy = architecture == "centralized-greedy"
     by_model = choose == "model" and architecture == "decentralized"
     rng = random.Random(seed)

@@ -51,7 +51,7 @@ from lmteams.study._montecarlo import (
 )
 from lmteams.study._predict import amdahl_speedup, makespan_lower_bound
 from lmteams.study._profiles import DeviceRate
-from lmteams.study._run import ARCHITECTURES, SCHEDULINGS, TEAM_ARCHITECTURES, run_team
+from lmteams.study._run import ARCHITECTURES, SCHEDULINGS, run_team
 from lmteams.study._schedule import simulate_schedule
 from lmteams.study._team import StudyTeam, describe_rate, open_team
 
@@ -164,8 +164,6 @@ class PlanOption(msgspec.Struct, frozen=True, kw_only=True):
     """Amdahl's law for n equal agents at the graph's task-count p, as the paper uses it."""
     work_span: float
     """The speedup no schedule on these agents beats (work over capacity, span, overhead)."""
-    runnable: bool
-    """Whether a team runs it (``centralized-preassigned`` is the simulator's alone)."""
 
 
 class Plan(msgspec.Struct, frozen=True, kw_only=True):
@@ -425,7 +423,6 @@ def plan(
                         tokens=guess.tokens,
                         amdahl=amdahl_speedup(graph.parallel_fraction, n),
                         work_span=baseline / bound,
-                        runnable=arch in TEAM_ARCHITECTURES,
                     )
                 )
     recommended = choose_option(options, objective, token_budget=token_budget, tolerance=tolerance)
@@ -471,8 +468,8 @@ async def calibrate_overhead(
     of a typical one (``work_tokens``): the engine's cost per subtask is not quite fixed,
     and the calls' lengths set how busy the machine is when it pays it.
     """
-    if architecture not in TEAM_ARCHITECTURES:
-        raise ConfigError(f"calibrate on a team architecture: {', '.join(TEAM_ARCHITECTURES)}")
+    if architecture not in ARCHITECTURES:
+        raise ConfigError(f"calibrate on an architecture: {', '.join(ARCHITECTURES)}")
     if not 1 <= agents <= len(team.members) or tasks < 1 or repeats < 1:
         raise ConfigError(
             f"calibration needs 1 <= agents <= {len(team.members)}, tasks >= 1, repeats >= 1"
@@ -490,15 +487,21 @@ async def calibrate_overhead(
 
 
 async def calibrate_overheads(
-    team: StudyTeam, sizes: Sequence[int] = (1,), *, repeats: int = 3, lane: int = 3
+    team: StudyTeam,
+    sizes: Sequence[int] = (1,),
+    *,
+    repeats: int = 3,
+    lane: int = 3,
+    architectures: Sequence[str] = ARCHITECTURES,
 ) -> dict[str, Overhead]:
-    """:func:`calibrate_overhead` for each team architecture at each of ``sizes``: a chain
+    """:func:`calibrate_overhead` for each of ``architectures`` at each of ``sizes``: a chain
     of six on one agent, ``lane`` subtasks per agent on more (about what a 20-subtask graph
     gives each of eight agents: with many more ready at once, claims race more than in the
-    graphs planned, and the overhead reads high)."""
+    graphs planned, and the overhead reads high). One architecture at a time lets a long
+    measurement calibrate right before and after each of its blocks, as the load drifts."""
     wanted = tuple(sorted({n for n in sizes if 1 <= n <= len(team.members)} or {1}))
     out = {}
-    for arch in TEAM_ARCHITECTURES:
+    for arch in architectures:
         seconds = [
             await calibrate_overhead(
                 team, architecture=arch, agents=n, tasks=6 if n == 1 else lane, repeats=repeats
@@ -535,8 +538,6 @@ class Verification(msgspec.Struct, frozen=True, kw_only=True):
     runs_inside: int
     """Runs inside ``predicted_run_interval``."""
     overheads: dict[str, Overhead]
-    note: str = ""
-    """Why the option run is not the recommendation, when it is not."""
 
 
 def _p90(values: Sequence[float]) -> float:
@@ -559,9 +560,7 @@ async def verify_plan(
 
     ``make_plan`` gets the per-architecture overheads, calibrated on a team of the plan's
     largest size (:func:`calibrate_overheads`, at one agent and at all of them), and
-    returns the plan (its devices and faults are the teams'). A recommendation no team runs
-    (the paper's pre-assignment) is replaced by the best runnable option, and the
-    verification says so.
+    returns the plan (its devices and faults are the teams').
     """
     draft = make_plan({})
     repetitions = draft.repetitions
@@ -581,21 +580,7 @@ async def verify_plan(
             calibration, sorted({1, largest}), repeats=calibration_repeats
         )
     chosen = make_plan(overheads)
-    best, note = chosen.recommended, ""
-    if not best.runnable:
-        runnable = [o for o in chosen.options if o.runnable]
-        if not runnable:
-            raise ConfigError(f"no option runs on a team: use {', '.join(TEAM_ARCHITECTURES)}")
-        best = choose_option(
-            runnable,
-            chosen.objective,
-            token_budget=chosen.token_budget,
-            tolerance=chosen.tolerance,
-        )
-        note = (
-            f"the recommendation ({chosen.recommended.architecture}) runs only in the model; "
-            f"verified the best runnable option instead"
-        )
+    best = chosen.recommended
     measured = []
     async with team(best.devices, best.n_agents, "plan-verify", seed + 1) as members:
         for rep in range(repetitions):
@@ -627,5 +612,4 @@ async def verify_plan(
         mean_inside=mean in guess.mean_interval,
         runs_inside=sum(m in guess.run_interval for m in measured),
         overheads=chosen.overheads,
-        note=note,
     )

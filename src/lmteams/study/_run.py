@@ -5,9 +5,9 @@ coordinated): a study run is a job like any user's, on the production path, with
 so the claims, reports and prompts of different runs never mix even when the same agents
 serve a whole sweep. The study's architecture names map onto the engine's:
 ``centralized-greedy`` is a centralized job (the coordinator places ready subtasks by
-expected finish), ``decentralized`` a decentralized one (agents claim by compare-and-set).
-``centralized-preassigned``, the paper's pre-assignment, exists only in the simulator
-(:mod:`lmteams.study._schedule`): the planner can weigh it, a team does not run it.
+expected finish), ``centralized-preassigned`` a centralized job with the paper's
+pre-assignment (``placement = "preassigned"``: lists dealt before the run, each agent working
+its own), ``decentralized`` a decentralized one (agents claim by compare-and-set).
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ import anyio
 import structlog
 
 from lmteams.errors import ConfigError, TaskFailedError
-from lmteams.jobs import Choice, JobClient, JobStatus, JobView
+from lmteams.jobs import Architecture as JobArchitecture
+from lmteams.jobs import Choice, JobClient, JobStatus, JobView, Placement
 from lmteams.jobs._graph import TaskGraph
 from lmteams.study._metrics import RunMetrics, bus_traffic, job_metrics
 from lmteams.study._team import StudyTeam
@@ -27,7 +28,6 @@ __all__ = (
     "ARCHITECTURES",
     "CHOICES",
     "SCHEDULINGS",
-    "TEAM_ARCHITECTURES",
     "Architecture",
     "Scheduling",
     "run_team",
@@ -44,15 +44,18 @@ Scheduling = Literal["async", "rounds"]
 synchronous rounds, with a barrier after each."""
 
 ARCHITECTURES: Final = get_args(Architecture)
-"""What the planner's simulator models."""
-TEAM_ARCHITECTURES: Final = ("centralized-greedy", "decentralized")
-"""What a team runs, as jobs."""
+"""What a team runs, as jobs, and the planner's simulator models."""
 SCHEDULINGS: Final = get_args(Scheduling)
 CHOICES: Final = get_args(Choice)
 """How decentralized agents pick what to claim (``JobOptions.choose``)."""
 
 _VIEW_TRIES: Final = 5
-_JOB_ARCHITECTURE: Final = {"centralized-greedy": "centralized", "decentralized": "decentralized"}
+_JOB_OPTIONS: Final[dict[str, tuple[JobArchitecture, Placement]]] = {
+    "centralized-greedy": ("centralized", "greedy"),
+    "centralized-preassigned": ("centralized", "preassigned"),
+    "decentralized": ("decentralized", "greedy"),
+}
+"""Each study architecture as the engine's ``JobOptions.architecture`` and ``placement``."""
 
 
 async def _final_view(client: JobClient, job_id: str) -> JobView | None:
@@ -94,11 +97,9 @@ async def run_team(
     remaining chain, ``model`` asks each agent's model over the board (coordination tokens
     and calls, counted apart from the work's; a weak chooser loses claims).
     """
-    if architecture not in TEAM_ARCHITECTURES:
-        why = " (the planner's model only)" if architecture in ARCHITECTURES else ""
+    if architecture not in ARCHITECTURES:
         raise ConfigError(
-            f"architecture must be one of {', '.join(TEAM_ARCHITECTURES)}, "
-            f"got {architecture!r}{why}"
+            f"architecture must be one of {', '.join(ARCHITECTURES)}, got {architecture!r}"
         )
     if scheduling not in SCHEDULINGS:
         raise ConfigError(f"scheduling must be one of {', '.join(SCHEDULINGS)}, got {scheduling!r}")
@@ -111,6 +112,9 @@ async def run_team(
         )
     if not 1 <= n_agents <= len(team.members):
         raise ConfigError(f"n_agents must be in 1..{len(team.members)} (the team's size)")
+    job_architecture, placement = _JOB_OPTIONS[architecture]
+    if team.draws is not None:  # this run's common draws: the same for every option at `seed`
+        team.draws.begin(seed)
     job_timeout = task_timeout_s * max(1, len(graph.subtasks))
     client = JobClient(team.bus, team.team)
     first_call = len(team.calls)
@@ -118,7 +122,8 @@ async def run_team(
     result = await client.run_job(
         graph,
         timeout=job_timeout + 30.0,
-        architecture=_JOB_ARCHITECTURE[architecture],  # type: ignore[arg-type]
+        architecture=job_architecture,
+        placement=placement,
         scheduling=scheduling,  # type: ignore[arg-type]
         agents=n_agents,
         backups=backups,

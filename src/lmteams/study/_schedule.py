@@ -18,6 +18,7 @@ import msgspec
 
 from lmteams.errors import ConfigError
 from lmteams.jobs._graph import TaskGraph
+from lmteams.jobs._preassign import agent_lists, depth_first_order, paper_preassignment
 
 __all__ = (
     "DEFAULT_TOKENS_PER_S",
@@ -70,50 +71,6 @@ class Schedule(msgspec.Struct, frozen=True, kw_only=True):
     """Synchronous rounds with a barrier; 0 for an asynchronous schedule."""
     entries: tuple[ScheduledTask, ...]
     agents: tuple[AgentLoad, ...]
-
-
-def paper_preassignment(graph: TaskGraph, n_agents: int) -> dict[str, int]:
-    """The paper harness's assignment: chains stay on one agent, the rest go round-robin.
-
-    Tasks are visited in depth-first dependency order (dependencies first, in written order);
-    a task with dependencies goes to the agent of its *last listed* dependency, any other task
-    to the next agent in turn. This is the rule of ``_pre_assign_tasks`` in the paper's code.
-    """
-    if n_agents < 1:
-        raise ConfigError(f"n_agents must be >= 1, got {n_agents}")
-    assignment: dict[str, int] = {}
-    turn = 0
-    for task_id in depth_first_order(graph):
-        deps = graph.subtask(task_id).deps
-        if deps:
-            assignment[task_id] = assignment[deps[-1]]
-        else:
-            assignment[task_id] = turn % n_agents
-            turn += 1
-    return assignment
-
-
-def depth_first_order(graph: TaskGraph) -> list[str]:
-    """Subtask ids with every dependency before its dependents, in written order: the order
-    the paper's harness deals tasks out and a pre-assigned agent works its list."""
-    deps = {s.id: s.deps for s in graph.subtasks}
-    order: list[str] = []
-    seen: set[str] = set()
-    for root in deps:
-        stack: list[tuple[str, int]] = [(root, 0)]
-        while stack:
-            node, cursor = stack.pop()
-            if cursor == 0:
-                if node in seen:
-                    continue
-                seen.add(node)
-            if cursor < len(deps[node]):
-                stack.append((node, cursor + 1))
-                if deps[node][cursor] not in seen:
-                    stack.append((deps[node][cursor], 0))
-            else:
-                order.append(node)
-    return order
 
 
 def _check_rates(rates: Sequence[float] | None, n_agents: int) -> list[Fraction]:
@@ -194,10 +151,11 @@ class _Simulation:
             rest[task_id] = self.tokens[task_id] / fastest + overhead + tail
         self.priority = {t: (-rest[t], index[t]) for t in index}
         self.assignment = paper_preassignment(graph, len(speeds)) if policy == "preassigned" else {}
-        order = depth_first_order(graph)
-        self.queues = [
-            [t for t in order if self.assignment.get(t) == a] for a in range(len(speeds))
-        ]
+        self.queues = (
+            [[graph.subtasks[i].id for i in mine] for mine in agent_lists(graph, len(speeds))]
+            if policy == "preassigned"
+            else []
+        )
 
     def duration(self, task_id: str, agent: int) -> Fraction:
         return self.tokens[task_id] / self.speeds[agent] + self.overhead

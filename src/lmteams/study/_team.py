@@ -45,7 +45,7 @@ from lmteams.hardware._profile import profile_key
 from lmteams.jobs import job_service
 from lmteams.jobs._graph import DEFAULT_WORK_TOKENS, Subtask, TaskGraph
 from lmteams.jobs._template import render_prompt
-from lmteams.study._latency import LatencyBackend
+from lmteams.study._latency import CommonDraws, LatencyBackend
 from lmteams.study._paper import LatencySamples, PaperData, fit_lognormal, paper_data_dir
 from lmteams.study._profiles import (
     DeviceRate,
@@ -116,6 +116,8 @@ class StudyTeam:
     full_claims: bool = False
     """A simulated claim call costs a whole call's latency (the paper's agents' case)."""
     paper_data: Path | None = None
+    draws: CommonDraws | None = None
+    """Shared by the latency devices when the team was opened with ``common_draws``."""
     backends: dict[str, Backend] = field(default_factory=dict)
     calls: list[ModelCall] = field(default_factory=list)
     """Every model call of every agent, in the order they ended."""
@@ -287,6 +289,7 @@ def _backend_factory(
     paper_data: Path | None,
     claim_error: float = 0.0,
     full_claims: bool = False,
+    draws: CommonDraws | None = None,
 ) -> Callable[[], contextlib.AbstractAsyncContextManager[Backend]]:
     kind, arg = _check_spec(spec)
     cls = _sim_class(spec)
@@ -321,6 +324,7 @@ def _backend_factory(
             failure_prob=crash_rate,
             claim_error=claim_error,
             full_claims=full_claims,
+            draws=draws,
         )
 
     @contextlib.asynccontextmanager
@@ -335,6 +339,7 @@ def _backend_factory(
             failure_prob=crash_rate,
             claim_error=claim_error,
             full_claims=full_claims,
+            draws=draws,
         )
 
     def llama() -> contextlib.AbstractAsyncContextManager[Backend]:
@@ -428,6 +433,7 @@ async def open_team(
     paper_data: Path | None = None,
     claim_error: float = 0.0,
     full_claims: bool = False,
+    common_draws: bool = False,
 ) -> AsyncIterator[StudyTeam]:
     """Host ``n_agents`` workers, agent i on ``devices[i % len(devices)]``, for a block.
 
@@ -438,6 +444,9 @@ async def open_team(
     ``claim_error`` and ``full_claims`` set how the ``steady`` and ``paper`` devices answer
     a claim prompt (``choose = "model"``, see :mod:`lmteams.study._claim`); a real model
     answers as it does, and the device classes with their placeholder text.
+    ``common_draws``: the latency devices (``paper``, ``paper-resample``, ``steady``) draw each
+    call by the run's seed and the call, not the agent (:class:`CommonDraws`), so options
+    run with the same seeds are compared on the same draws.
     """
     if n_agents < 1 or not devices:
         raise ConfigError(f"a team needs >= 1 agent and >= 1 device (got {n_agents}, {devices})")
@@ -464,6 +473,7 @@ async def open_team(
             claim_error=claim_error,
             full_claims=full_claims,
             paper_data=paper_data,
+            draws=CommonDraws(seed) if common_draws else None,
         )
         announced: dict[str, float] = {}
         for i, spec in enumerate(specs):
@@ -478,6 +488,7 @@ async def open_team(
                 paper_data=paper_data,
                 claim_error=claim_error,
                 full_claims=full_claims,
+                draws=study.draws,
             )
             rate = functools.partial(
                 device_rate,
