@@ -83,14 +83,8 @@ calibration before all cells and one after, four shards side by side had calibra
 same moment, and the decentralized overhead at n = 8 read 4.5-7.1 modelled s per subtask
 before the cells and 1.8-3.3 after, which spoiled that architecture's predictions.
 
-Why the accuracy runs are not the choice runs: every graph here is 20 calls of 300 tokens, so
-at n = 1 (where no architecture or overhead model matters) all fourteen have the same
-distribution, yet on common draws their measured means ranged from 17 % above to 12 % below
-the prediction (2026-12-02), and every other cell of the graph followed: between graphs lay
-89 % of the variance of the cells' errors.
-
 Run: .venv/bin/python benchmarks/planner_accuracy.py [--quick]
-     .venv/bin/python benchmarks/planner_accuracy.py --repetitions 32 --choice-repetitions 16
+     .venv/bin/python benchmarks/planner_accuracy.py --repetitions 40 --choice-repetitions 16
      .venv/bin/python benchmarks/planner_accuracy.py --shard 1/2 --save a.json  (and 2/2)
      .venv/bin/python benchmarks/planner_accuracy.py --merge a.json b.json
 """
@@ -396,7 +390,7 @@ def _merge(paths: list[str]) -> None:
     graphs = [g for c in contexts for g in c["graphs"]]
     if len(set(graphs)) != len(graphs):
         raise SystemExit(f"the shards measured some graphs twice: {sorted(graphs)}")
-    if len({(c["repetitions"], c.get("choice_repetitions")) for c in contexts}) != 1:
+    if len({(c["repetitions"], c["choice_repetitions"]) for c in contexts}) != 1:
         raise SystemExit("the shards ran different numbers of repetitions")
     _report(rows, contexts)
 
