@@ -31,12 +31,22 @@ the time (``noise_floor_independent``).
 
 Prediction per cell: :func:`lmteams.study.predict_option`, ``--samples`` Monte Carlo plays
 of the engine's placement rule over draws from the same latency distribution, stragglers
-and crashes, plus the engine's per-subtask overhead, calibrated per architecture by
-:func:`lmteams.study.calibrate_overhead` on agents of the same team in the same process
-(a run's makespan minus its replay, per subtask) right before each graph's block of cells of
-that architecture, and again right after it; the mean of the two predicts the block (the
-machine's load drifts over a long run, and a calibration taken once at the start spoke for
-conditions an hour later).
+and crashes, plus the engine's per-subtask overhead. That overhead is an artefact of this
+benchmark's compressed time: the engine's ~10 ms of wall time per subtask is a modelled
+second at the default time scale (a sixth of a mean call), where beside real LLM calls it
+is noise. So it is measured where it is paid and held out from the runs it predicts: a
+cell's accuracy runs and choice runs alternate, run by run, so both see the machine's load
+of the moment; the accuracy runs are predicted with the overhead measured on the cell's
+choice runs, and the recommendation (judged on the choice runs) is made with the overhead
+measured on its accuracy runs. From a set of runs, the overhead is the per-subtask figure
+at which the Monte Carlo model's mean makespan exceeds its mean at no overhead by the runs'
+mean engine gap (makespan minus replay: the same calls' own modelled durations, on the
+agents and in the order they ran, with nothing between them). No run's own makespan or
+draws predict it. The earlier design calibrated on a synthetic graph right before and after
+each block of cells: on a loaded machine (four shards side by side, 40 + 16 runs a cell) those
+calibrations caught load spikes (decentralized at n = 8: 12-18.5 modelled s per subtask,
+against 1.9-4.3 quiet; before and after up to 3x apart), and every shard over-predicted, by
+4-10 % on average and 35-70 % in its worst cells, all at n >= 5.
 
 Figures (last JSON line), over the measured cells (graph x n x architecture), each cell's
 measured mean over ``--repetitions`` runs:
@@ -59,29 +69,19 @@ measured mean over ``--repetitions`` runs:
   few per cent of each other and means of K heavy-tailed runs, which one measures best is
   then mostly the draws' doing. The common draws lift the real floor above it.
 
-The per-subtask overhead is calibrated at 1, 2 and the largest team size (linear between):
-decentralized agents racing for claims pay more per subtask as the team grows (on this
-machine, quiet, 0.6-0.9 modelled s at n = 1 and 1.9-4.3 at n = 8 with 3 ready subtasks per
-agent; centralized 0.3-1.4 at n = 8). It depends on how many subtasks are ready at once as
-well, which the calibration does not vary, so chain-heavy graphs (few ready) are
-over-predicted at n >= 4 decentralized. Rarely a
-decentralized run at n = 8 on a chain-plus-free list livelocks for seconds on lost claims
-(seen once: 5,104 conflicts per run, makespans 4-40x the centralized ones); no latency model
-predicts that, and the cell's error shows it.
+Rarely a decentralized run at n = 8 on a chain-plus-free list livelocks for seconds on lost
+claims (seen once: 5,104 conflicts per run, makespans 4-40x the centralized ones); no latency
+model predicts that, and the cell's error shows it.
 
-Caveats: a shared 2-core VM; the engine's per-subtask cost is wall time (~10 ms), so a
-smaller time scale weighs it more, and its drift between calibration and cells is error.
+Caveats: a shared 2-core VM; a load spike that lands on a cell's accuracy runs and not on
+its choice runs (or the other way round) is error.
 
 Shards: ``--shard I/K`` measures graphs I, I + K, ... of the list only (seeds as in the whole
-run), each shard calibrated and predicted in its own process; ``--save FILE`` writes its cells
+run), each shard measured and predicted in its own process; ``--save FILE`` writes its cells
 (with the plan's draws, for the noise floors), and ``--merge FILE ...`` reports the figures
 over every saved cell without measuring. So a run too long for one sitting can be split
-across processes or days: every cell is still predicted with the overheads calibrated on
-the machine, at the time, it was measured on. Shards may run side by side on one machine:
-each block is calibrated under the load the shards put on each other then. With one
-calibration before all cells and one after, four shards side by side had calibrated at the
-same moment, and the decentralized overhead at n = 8 read 4.5-7.1 modelled s per subtask
-before the cells and 1.8-3.3 after, which spoiled that architecture's predictions.
+across processes or days. Shards may run side by side on one machine: each cell's overhead
+is measured under the load the shards put on it then.
 
 Run: .venv/bin/python benchmarks/planner_accuracy.py [--quick]
      .venv/bin/python benchmarks/planner_accuracy.py --repetitions 40 --choice-repetitions 16
@@ -108,9 +108,9 @@ from lmteams.errors import TaskFailedError
 from lmteams.jobs._graph import TaskGraph
 from lmteams.study import (
     Overhead,
+    PlanOption,
     RunMetrics,
     StudyTeam,
-    calibrate_overheads,
     call_model,
     choose_option,
     open_team,
@@ -162,35 +162,86 @@ def _shard(spec: str) -> tuple[int, int]:
     return i - 1, k
 
 
+class _Seeds:
+    """Successive seeds of one set of runs; a run whose subtask crashed three times (the
+    engine fails the job) is rerun on other draws (the same seed would crash the same
+    subtask again), as the paper's speedups count successful runs only."""
+
+    def __init__(self, first: int) -> None:
+        self.first, self.done, self.failed = first, 0, 0
+
+    def next(self) -> int:
+        return self.first + self.done + _RERUN_SEEDS * self.failed
+
+
 async def _measure(
-    team: StudyTeam, graph: TaskGraph, n: int, arch: str, reps: int, *, first_seed: int
-) -> list[RunMetrics]:
-    """``reps`` runs, seeds from ``first_seed`` on; a run whose subtask crashed three times
-    (the engine fails the job) is rerun, as the paper's speedups count successful runs only."""
-    spans: list[RunMetrics] = []
-    failed = 0
-    while len(spans) < reps:
-        # a rerun needs other draws: the same seed would crash the same subtask again
-        seed = first_seed + len(spans) + _RERUN_SEEDS * failed
-        try:
-            run = await run_team(team, graph, n, architecture=arch, seed=seed)
-        except TaskFailedError:
-            failed += 1
-            if failed > _RETRIES:
-                raise
-            continue
-        spans.append(run)
-    return spans
+    team: StudyTeam, graph: TaskGraph, n: int, arch: str, sets: list[tuple[int, int]]
+) -> list[list[RunMetrics]]:
+    """Per (first seed, count) in ``sets``, that many runs; the sets alternate run by run,
+    so each sees the machine's load when the others do."""
+    out: list[list[RunMetrics]] = [[] for _ in sets]
+    seeds = [_Seeds(first) for first, _ in sets]
+    while any(len(runs) < count for runs, (_, count) in zip(out, sets, strict=True)):
+        for runs, s, (_, count) in zip(out, seeds, sets, strict=True):
+            if len(runs) >= count:
+                continue
+            try:
+                runs.append(await run_team(team, graph, n, architecture=arch, seed=s.next()))
+                s.done += 1
+            except TaskFailedError:
+                s.failed += 1
+                if s.failed > _RETRIES:
+                    raise
+    return out
 
 
-async def _calibrate(team: StudyTeam, sizes: list[int], arch: str, repeats: int) -> Overhead:
-    return (await calibrate_overheads(team, sizes, repeats=repeats, architectures=[arch]))[arch]
+class _Planner:
+    """One graph's predictions on the benchmark's device, at the run's samples and seed."""
 
+    def __init__(
+        self, graph: TaskGraph, rates: list[float], sizes: list[int], *, reps: int,
+        samples: int, seed: int,
+    ) -> None:  # fmt: skip
+        self.graph, self.rates, self.sizes = graph, rates, sizes
+        self.reps, self.samples, self.seed = reps, samples, seed
+        self.model = call_model(DEVICE, graph, **FAULTS)
 
-def _midpoint(before: Overhead, after: Overhead) -> Overhead:
-    """The overhead halfway between two calibrations at the same sizes."""
-    mean = tuple((x + y) / 2 for x, y in zip(before.seconds, after.seconds, strict=True))
-    return Overhead(sizes=before.sizes, seconds=mean)
+    def draws(self, arch: str, n: int, overhead: float) -> tuple[float, ...]:
+        """The plan's own Monte Carlo makespans (same seed and count as :func:`plan`'s)."""
+        return sample_makespans(
+            self.graph, [self.model] * n, self.rates[:n], architecture=arch,
+            overhead_s=overhead, samples=self.samples, seed=self.seed,
+        ).makespans  # fmt: skip
+
+    def overhead(self, arch: str, runs: list[RunMetrics]) -> float:
+        """The per-subtask overhead at which the model's mean makespan exceeds its mean at
+        none by ``runs``' mean engine gap (secant steps from 0: the model is near linear
+        in it)."""
+        gap = statistics.fmean(r.makespan_s - r.replayed_s for r in runs)
+        if gap <= 0:
+            return 0.0
+        n = runs[0].n_agents
+        base, guess = statistics.fmean(self.draws(arch, n, 0.0)), 1.0
+        for _ in range(2):
+            slope = (statistics.fmean(self.draws(arch, n, guess)) - base) / guess
+            if slope <= 0:
+                break
+            guess = gap / slope
+        return guess
+
+    def options(self, overheads: dict[str, dict[int, float]]) -> list[PlanOption]:
+        """The plan's options at the measured sizes, with these overheads by team size."""
+        options = plan(
+            self.graph, [DEVICE], max_agents=max(self.sizes),
+            architectures=ARCHITECTURES,
+            overheads={
+                a: Overhead(sizes=tuple(by_n), seconds=tuple(by_n.values()))
+                for a, by_n in overheads.items()
+            },
+            repetitions=self.reps, samples=self.samples, seed=self.seed,
+            **FAULTS,
+        ).options  # fmt: skip
+        return [o for o in options if o.n_agents in self.sizes]
 
 
 def _noise_floor(
@@ -278,47 +329,43 @@ async def main(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str
             common_draws=True, **FAULTS,
         ) as team,
     ):  # fmt: skip
-        calibrated_at = sorted({1, *sizes[1:2], max(sizes)})
         measured: dict[tuple[str, int, str], list[RunMetrics]] = {}
         paired: dict[tuple[str, int, str], list[RunMetrics]] = {}
-        # per graph and architecture, [before, after] its block of cells: the machine's
-        # load drifts over a long run (and shards side by side load it unevenly)
-        brackets: dict[tuple[str, str], tuple[Overhead, Overhead]] = {}
         for g, name, graph in indexed:
             team.retune(graph)
             for arch in ARCHITECTURES:
-                before = await _calibrate(team, calibrated_at, arch, args.calibration_repeats)
                 for n in sizes:
-                    measured[name, n, arch] = await _measure(
-                        team, graph, n, arch, reps, first_seed=_own_seed(g, n, arch)
+                    sets = [(_own_seed(g, n, arch), reps), (g * _GRAPH_SEEDS, choice_reps)]
+                    measured[name, n, arch], paired[name, n, arch] = await _measure(
+                        team, graph, n, arch, sets
                     )
-                    paired[name, n, arch] = await _measure(
-                        team, graph, n, arch, choice_reps, first_seed=g * _GRAPH_SEEDS
-                    )
-                after = await _calibrate(team, calibrated_at, arch, args.calibration_repeats)
-                brackets[name, arch] = before, after
             print(f"{name:<22} measured ({time.perf_counter() - started:.0f}s)", flush=True)
         rates = [m.tokens_per_s for m in team.members]
+    # per graph, architecture and n: [the overhead measured on the choice runs (predicts
+    # the accuracy runs), the one measured on the accuracy runs (makes the recommendation)]
+    held: dict[str, dict[str, dict[int, list[float]]]] = {}
     for name, graph in graphs.items():
-        model = call_model(DEVICE, graph, **FAULTS)
-        overheads = {a: _midpoint(*brackets[name, a]) for a in ARCHITECTURES}
-        options = plan(
-            graph, [DEVICE], max_agents=max(sizes),
-            architectures=ARCHITECTURES,
-            overheads=overheads, repetitions=reps, samples=samples, seed=args.seed,
-            **FAULTS,
-        ).options  # fmt: skip
-        ours = [o for o in options if o.n_agents in sizes]
-        best = choose_option(ours, "fastest")
-        for o in ours:
+        planner = _Planner(graph, rates, sizes, reps=reps, samples=samples, seed=args.seed)
+        held[name] = {
+            a: {
+                n: [
+                    planner.overhead(a, paired[name, n, a]),
+                    planner.overhead(a, measured[name, n, a]),
+                ]
+                for n in sizes
+            }
+            for a in ARCHITECTURES
+        }
+        for_accuracy, for_choice = (
+            {a: {n: pair[k] for n, pair in by_n.items()} for a, by_n in held[name].items()}
+            for k in (0, 1)
+        )
+        best = choose_option(planner.options(for_choice), "fastest")
+        for o in planner.options(for_accuracy):
             runs = measured[name, o.n_agents, o.architecture]
             spans = [r.makespan_s for r in runs]
-            # the plan's own draws (same seed and count), kept for the noise floors
-            draws = sample_makespans(
-                graph, [model] * o.n_agents, rates[: o.n_agents],
-                architecture=o.architecture, overhead_s=overheads[o.architecture].at(o.n_agents),
-                samples=samples, seed=args.seed,
-            ).makespans  # fmt: skip
+            overhead = for_accuracy[o.architecture][o.n_agents]
+            draws = planner.draws(o.architecture, o.n_agents, overhead)
             mean = statistics.fmean(spans)
             rows.append(
                 {
@@ -344,7 +391,9 @@ async def main(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str
                     ),
                     "conflicts": round(statistics.fmean(r.conflicts for r in runs), 1),
                     "releases": sum(r.releases for r in runs),
-                    "recommended": o is best,
+                    "recommended": (o.n_agents, o.architecture)
+                    == (best.n_agents, best.architecture),
+                    "overhead": round(overhead, 3),
                     "draws": [round(x, 3) for x in draws],
                 }
             )
@@ -356,17 +405,14 @@ async def main(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str
         "graph g draws with seed 1000 g + r (lmteams.study.CommonDraws)",
         "overhead_s": {
             name: {
-                a: {
-                    str(n): [round(x, 3), round(y, 3)]
-                    for n, x, y in zip(b.sizes, b.seconds, e.seconds, strict=True)
-                }
-                for a in ARCHITECTURES
-                for b, e in [brackets[name, a]]
+                a: {str(n): [round(x, 3) for x in pair] for n, pair in by_n.items()}
+                for a, by_n in mine.items()
             }
-            for name in graphs
+            for name, mine in held.items()
         },
-        "overhead_note": "per graph and architecture, per subtask, modelled s, by team size: "
-        "[before, after] that block of cells",
+        "overhead_note": "per graph, architecture and team size, per subtask, modelled s: "
+        "[measured on the choice runs (predicts the accuracy runs), measured on the accuracy "
+        "runs (makes the recommendation)]",
         "repetitions": reps,
         "choice_repetitions": choice_reps,
         "team_sizes": sizes,
@@ -498,7 +544,6 @@ if __name__ == "__main__":
         help="choice runs per cell, on the graph's common draws",
     )  # fmt: skip
     parser.add_argument("--samples", type=int, default=1000, help="Monte Carlo runs per cell")
-    parser.add_argument("--calibration-repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--graphs", default="", help="comma list of graph names (a smoke run)")
     parser.add_argument("--sizes", default="", help="comma list of team sizes (a smoke run)")
