@@ -57,17 +57,17 @@ measured mean over ``--repetitions`` runs:
   the true mean; drawn from the predicted distributions), and ``bias``, the mean signed
   error (negative: the plan promises less time than teams take).
 - ``interval_coverage``: share of measured means inside the predicted 90 % interval of the
-  mean of K runs. Target 0.85..0.95. Beside it, two checks the shared draws do not blur:
+  mean of K runs. Target 0.85..0.95. Beside it, two checks of the predicted spread:
   ``run_interval_coverage``, the share of single runs inside the predicted 90 % interval of
   one run, and ``spread_ratio``, the median over cells of the predicted per-run coefficient
   of variation over the measured one (1: the model's variance is the teams').
 - ``best_choice_rate``: per graph, whether the option the planner recommends (objective
   ``fastest``, over the measured options) has a measured mean within 5 % of the best measured
   mean, means over the choice runs. Target >= 0.90. Its ``noise_floor_independent`` is what
-  a perfect model would score
-  were each option measured on draws of its own (no common draws): with many options within a
-  few per cent of each other and means of K heavy-tailed runs, which one measures best is
-  then mostly the draws' doing. The common draws lift the real floor above it.
+  a perfect model would score were each option measured on draws of its own (no common
+  draws): with many options within a few per cent of each other and means of K heavy-tailed
+  runs, which one measures best is then mostly the draws' doing. The common draws lift the
+  real floor above it.
 
 Rarely a decentralized run at n = 8 on a chain-plus-free list livelocks for seconds on lost
 claims (seen once: 5,104 conflicts per run, makespans 4-40x the centralized ones); no latency
