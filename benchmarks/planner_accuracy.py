@@ -162,35 +162,25 @@ def _shard(spec: str) -> tuple[int, int]:
     return i - 1, k
 
 
-class _Seeds:
-    """Successive seeds of one set of runs; a run whose subtask crashed three times (the
-    engine fails the job) is rerun on other draws (the same seed would crash the same
-    subtask again), as the paper's speedups count successful runs only."""
-
-    def __init__(self, first: int) -> None:
-        self.first, self.done, self.failed = first, 0, 0
-
-    def next(self) -> int:
-        return self.first + self.done + _RERUN_SEEDS * self.failed
-
-
 async def _measure(
     team: StudyTeam, graph: TaskGraph, n: int, arch: str, sets: list[tuple[int, int]]
 ) -> list[list[RunMetrics]]:
     """Per (first seed, count) in ``sets``, that many runs; the sets alternate run by run,
-    so each sees the machine's load when the others do."""
+    so each sees the machine's load when the others do. A run whose subtask crashed three
+    times (the engine fails the job) is rerun on other draws (the same seed would crash the
+    same subtask again), as the paper's speedups count successful runs only."""
     out: list[list[RunMetrics]] = [[] for _ in sets]
-    seeds = [_Seeds(first) for first, _ in sets]
+    failed = [0] * len(sets)
     while any(len(runs) < count for runs, (_, count) in zip(out, sets, strict=True)):
-        for runs, s, (_, count) in zip(out, seeds, sets, strict=True):
-            if len(runs) >= count:
+        for i, (first, count) in enumerate(sets):
+            if len(out[i]) >= count:
                 continue
+            seed = first + len(out[i]) + _RERUN_SEEDS * failed[i]
             try:
-                runs.append(await run_team(team, graph, n, architecture=arch, seed=s.next()))
-                s.done += 1
+                out[i].append(await run_team(team, graph, n, architecture=arch, seed=seed))
             except TaskFailedError:
-                s.failed += 1
-                if s.failed > _RETRIES:
+                failed[i] += 1
+                if failed[i] > _RETRIES:
                     raise
     return out
 
@@ -205,6 +195,8 @@ class _Planner:
         self.graph, self.rates, self.sizes = graph, rates, sizes
         self.reps, self.samples, self.seed = reps, samples, seed
         self.model = call_model(DEVICE, graph, **FAULTS)
+        self._bare: dict[tuple[str, int], float] = {}
+        """Mean makespan at no overhead, per (architecture, n): both sets of a cell need it."""
 
     def draws(self, arch: str, n: int, overhead: float) -> tuple[float, ...]:
         """The plan's own Monte Carlo makespans (same seed and count as :func:`plan`'s)."""
@@ -221,7 +213,9 @@ class _Planner:
         if gap <= 0:
             return 0.0
         n = runs[0].n_agents
-        base, guess = statistics.fmean(self.draws(arch, n, 0.0)), 1.0
+        if (arch, n) not in self._bare:
+            self._bare[arch, n] = statistics.fmean(self.draws(arch, n, 0.0))
+        base, guess = self._bare[arch, n], 1.0
         for _ in range(2):
             slope = (statistics.fmean(self.draws(arch, n, guess)) - base) / guess
             if slope <= 0:
