@@ -171,7 +171,7 @@ def test_intervals_hold_their_share_of_fresh_runs() -> None:
 def test_mean_interval_counts_the_simulations_own_error() -> None:
     """Predicting a mean of 60 runs from only 60 plays: the pool's mean is itself off by as
     much as a fresh mean strays, so an interval of the K-run spread alone would hold about
-    three quarters of fresh means (0.74 on these trials); widened by the pool's error it
+    three quarters of fresh means (0.73 on these trials); widened by the pool's error it
     holds about its nine tenths."""
     rng = random.Random(3)
     inside = []
