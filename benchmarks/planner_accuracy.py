@@ -42,7 +42,10 @@ measured on its accuracy runs. From a set of runs, the overhead is the per-subta
 at which the Monte Carlo model's mean makespan exceeds its mean at no overhead by the runs'
 mean engine gap (makespan minus replay: the same calls' own modelled durations, on the
 agents and in the order they ran, with nothing between them). No run's own makespan or
-draws predict it. The earlier design calibrated on a synthetic graph right before and after
+draws predict it. Measured on 16 runs, that figure has a standard error (the gaps' over the
+model's slope), which the plan carries into the interval of the mean (``Overhead.errors``):
+a mean of many runs cannot come closer to the prediction than the overhead it was made with.
+The earlier design calibrated on a synthetic graph right before and after
 each block of cells: on a loaded machine (four shards side by side, 40 + 16 runs a cell) those
 calibrations caught load spikes (decentralized at n = 8: 12-18.5 modelled s per subtask,
 against 1.9-4.3 quiet; before and after up to 3x apart), and every shard over-predicted, by
@@ -93,6 +96,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import statistics
 import sys
@@ -205,31 +209,40 @@ class _Planner:
             overhead_s=overhead, samples=self.samples, seed=self.seed,
         ).makespans  # fmt: skip
 
-    def overhead(self, arch: str, runs: list[RunMetrics]) -> float:
+    def overhead(self, arch: str, runs: list[RunMetrics]) -> tuple[float, float]:
         """The per-subtask overhead at which the model's mean makespan exceeds its mean at
         none by ``runs``' mean engine gap (secant steps from 0: the model is near linear
-        in it)."""
-        gap = statistics.fmean(r.makespan_s - r.replayed_s for r in runs)
-        if gap <= 0:
-            return 0.0
+        in it), and its standard error: the mean gap's, over the same slope."""
+        gaps = [r.makespan_s - r.replayed_s for r in runs]
+        gap = statistics.fmean(gaps)
+        error = statistics.stdev(gaps) / math.sqrt(len(gaps)) if len(gaps) > 1 else 0.0
         n = runs[0].n_agents
+        slope = self._slope(arch, n, 1.0)
+        if gap <= 0 or slope <= 0:
+            return 0.0, error / slope if slope > 0 else 0.0
+        guess = gap / slope
+        if (again := self._slope(arch, n, guess)) > 0:
+            guess, slope = gap / again, again
+        return guess, error / slope
+
+    def _slope(self, arch: str, n: int, overhead: float) -> float:
+        """Modelled makespan added per second of overhead, from none to ``overhead``."""
         if (arch, n) not in self._bare:
             self._bare[arch, n] = statistics.fmean(self.draws(arch, n, 0.0))
-        base, guess = self._bare[arch, n], 1.0
-        for _ in range(2):
-            slope = (statistics.fmean(self.draws(arch, n, guess)) - base) / guess
-            if slope <= 0:
-                break
-            guess = gap / slope
-        return guess
+        return (statistics.fmean(self.draws(arch, n, overhead)) - self._bare[arch, n]) / overhead
 
-    def options(self, overheads: dict[str, dict[int, float]]) -> list[PlanOption]:
-        """The plan's options at the measured sizes, with these overheads by team size."""
+    def options(self, overheads: dict[str, dict[int, tuple[float, float]]]) -> list[PlanOption]:
+        """The plan's options at the measured sizes, with these overheads (and their standard
+        errors) by team size."""
         options = plan(
             self.graph, [DEVICE], max_agents=max(self.sizes),
             architectures=ARCHITECTURES,
             overheads={
-                a: Overhead(sizes=tuple(by_n), seconds=tuple(by_n.values()))
+                a: Overhead(
+                    sizes=tuple(by_n),
+                    seconds=tuple(x for x, _ in by_n.values()),
+                    errors=tuple(e for _, e in by_n.values()),
+                )
                 for a, by_n in overheads.items()
             },
             repetitions=self.reps, samples=self.samples, seed=self.seed,
@@ -337,7 +350,7 @@ async def main(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str
         rates = [m.tokens_per_s for m in team.members]
     # per graph, architecture and n: [the overhead measured on the choice runs (predicts
     # the accuracy runs), the one measured on the accuracy runs (makes the recommendation)]
-    held: dict[str, dict[str, dict[int, list[float]]]] = {}
+    held: dict[str, dict[str, dict[int, list[tuple[float, float]]]]] = {}
     for name, graph in graphs.items():
         planner = _Planner(graph, rates, sizes, reps=reps, samples=samples, seed=args.seed)
         held[name] = {
@@ -358,7 +371,7 @@ async def main(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str
         for o in planner.options(for_accuracy):
             runs = measured[name, o.n_agents, o.architecture]
             spans = [r.makespan_s for r in runs]
-            overhead = for_accuracy[o.architecture][o.n_agents]
+            overhead, overhead_error = for_accuracy[o.architecture][o.n_agents]
             draws = planner.draws(o.architecture, o.n_agents, overhead)
             mean = statistics.fmean(spans)
             rows.append(
@@ -388,6 +401,13 @@ async def main(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str
                     "recommended": (o.n_agents, o.architecture)
                     == (best.n_agents, best.architecture),
                     "overhead": round(overhead, 3),
+                    "overhead_error": round(overhead_error, 3),
+                    "overhead_error_s": round(o.prediction.overhead_error_s, 2),
+                    "gaps": [round(r.makespan_s - r.replayed_s, 1) for r in runs],
+                    "paired_gaps": [
+                        round(r.makespan_s - r.replayed_s, 1)
+                        for r in paired[name, o.n_agents, o.architecture]
+                    ],
                     "draws": [round(x, 3) for x in draws],
                 }
             )
@@ -399,14 +419,14 @@ async def main(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str
         "graph g draws with seed 1000 g + r (lmteams.study.CommonDraws)",
         "overhead_s": {
             name: {
-                a: {str(n): [round(x, 3) for x in pair] for n, pair in by_n.items()}
+                a: {str(n): [[round(x, 3) for x in f] for f in pair] for n, pair in by_n.items()}
                 for a, by_n in mine.items()
             }
             for name, mine in held.items()
         },
-        "overhead_note": "per graph, architecture and team size, per subtask, modelled s: "
-        "[measured on the choice runs (predicts the accuracy runs), measured on the accuracy "
-        "runs (makes the recommendation)]",
+        "overhead_note": "per graph, architecture and team size, per subtask, modelled s, "
+        "each [figure, standard error]: [measured on the choice runs (predicts the accuracy "
+        "runs), measured on the accuracy runs (makes the recommendation)]",
         "repetitions": reps,
         "choice_repetitions": choice_reps,
         "team_sizes": sizes,

@@ -297,17 +297,28 @@ def run_interval(makespans: Sequence[float], level: float = _INTERVAL) -> Interv
 
 
 def mean_interval(
-    makespans: Sequence[float], repetitions: int, *, seed: int = 0, level: float = _INTERVAL
+    makespans: Sequence[float],
+    repetitions: int,
+    *,
+    seed: int = 0,
+    level: float = _INTERVAL,
+    centre_sd: float = 0.0,
 ) -> Interval:
     """Where the mean of ``repetitions`` runs falls with probability ``level``: the
     distribution of that mean, drawn from the simulated runs (so heavy tails carry over,
     which a normal approximation of a mean of three would smooth away), widened by the
     simulation's own error: the pool's mean is an estimate from ``len(makespans)`` plays,
     so a fresh mean of K runs strays from it by sd^2/K + sd^2/S, not sd^2/K alone (with
-    K = 40 runs predicted from S = 400 plays, 5 % wider)."""
+    K = 40 runs predicted from S = 400 plays, 5 % wider).
+
+    ``centre_sd`` is the standard error the pool's centre carries from its inputs (an
+    overhead measured on a few runs shifts every play alike, which no count of plays
+    averages away): a normal draw of it is added to each bootstrap mean."""
     if repetitions < 1:
         raise ConfigError(f"repetitions must be >= 1, got {repetitions}")
-    if repetitions == 1:
+    if not (centre_sd >= 0 and math.isfinite(centre_sd)):
+        raise ConfigError(f"centre_sd must be finite and >= 0, got {centre_sd}")
+    if repetitions == 1 and centre_sd == 0:
         return run_interval(makespans, level)
     rng = random.Random(seed)
     pool = list(makespans)
@@ -317,6 +328,8 @@ def mean_interval(
         centre + (statistics.fmean(rng.choices(pool, k=repetitions)) - centre) * widen
         for _ in range(_BOOTSTRAP)
     ]
+    if centre_sd:  # drawn after, so a known centre keeps the intervals it always had
+        means = [m + rng.gauss(0.0, centre_sd) for m in means]
     return run_interval(means, level)
 
 

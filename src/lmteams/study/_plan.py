@@ -44,6 +44,7 @@ from lmteams.study._montecarlo import (
     CallModel,
     Choice,
     Interval,
+    MakespanDistribution,
     call_model,
     mean_interval,
     run_interval,
@@ -94,6 +95,9 @@ class OptionPrediction(msgspec.Struct, frozen=True, kw_only=True):
     repetitions: int
     standard_error_s: float
     """Of ``makespan_s`` itself: the simulation's own sampling error."""
+    overhead_error_s: float = 0.0
+    """Of ``makespan_s``, from the overhead's own standard error (counted in
+    ``mean_interval``): the shift one standard error more overhead makes."""
     work_tokens: int
     """Output tokens of the committed attempts, on average (crashed attempts report none)."""
     coordination_tokens: int
@@ -114,10 +118,18 @@ class Overhead(msgspec.Struct, frozen=True, kw_only=True):
 
     sizes: tuple[int, ...] = (1,)
     seconds: tuple[float, ...] = (0.0,)
+    errors: tuple[float, ...] = ()
+    """Standard error of each figure, where it was measured on few runs (none: exact). A
+    mean of many real runs cannot come closer to the prediction than the overhead it was
+    made with, so the plan widens ``mean_interval`` by it."""
 
     def __post_init__(self) -> None:
         if not self.sizes or len(self.sizes) != len(self.seconds):
             raise ConfigError("an overhead needs one figure per team size")
+        if self.errors and len(self.errors) != len(self.sizes):
+            raise ConfigError("an overhead's errors need one figure per team size, or none")
+        if any(not (x >= 0 and math.isfinite(x)) for x in self.errors):
+            raise ConfigError(f"overhead errors must be finite and >= 0, got {self.errors}")
         if list(self.sizes) != sorted(set(self.sizes)) or self.sizes[0] < 1:
             raise ConfigError(f"overhead team sizes must rise from >= 1, got {self.sizes}")
         if any(not (x >= 0 and math.isfinite(x)) for x in self.seconds):
@@ -129,7 +141,14 @@ class Overhead(msgspec.Struct, frozen=True, kw_only=True):
 
     def at(self, n: int) -> float:
         """The overhead of a subtask on a team of ``n``."""
-        pairs: list[tuple[int, float]] = list(zip(self.sizes, self.seconds, strict=True))
+        return self._between(self.seconds, n)
+
+    def error_at(self, n: int) -> float:
+        """The standard error of :meth:`at`, interpolated alike."""
+        return self._between(self.errors, n) if self.errors else 0.0
+
+    def _between(self, figures: tuple[float, ...], n: int) -> float:
+        pairs: list[tuple[int, float]] = list(zip(self.sizes, figures, strict=True))
         if n <= pairs[0][0]:
             return pairs[0][1]
         for (n0, s0), (n1, s1) in itertools.pairwise(pairs):
@@ -236,34 +255,43 @@ def predict_option(
     architecture: str = "centralized-greedy",
     scheduling: str = "async",
     overhead_s: float = 0.0,
+    overhead_error_s: float = 0.0,
     repetitions: int = 5,
     samples: int = 400,
     seed: int = 0,
     choose: Choice = "first",
 ) -> OptionPrediction:
     """Monte Carlo prediction of one option on agents drawing from ``models``, placed by
-    ``rates``; ``overhead_s`` is this architecture's per-subtask overhead as it stands."""
+    ``rates``; ``overhead_s`` is this architecture's per-subtask overhead as it stands, and
+    ``overhead_error_s`` its standard error, carried into ``mean_interval`` as the shift
+    that much more overhead makes on the same draws (the model is near linear in it)."""
     _check_option(architecture, scheduling)
-    runs = sample_makespans(
-        graph,
-        models,
-        rates,
-        architecture=architecture,
-        scheduling=scheduling,
-        overhead_s=overhead_s,
-        samples=samples,
-        seed=seed,
-        choose=choose,
-    )
+
+    def sample(overhead: float) -> MakespanDistribution:
+        return sample_makespans(
+            graph,
+            models,
+            rates,
+            architecture=architecture,
+            scheduling=scheduling,
+            overhead_s=overhead,
+            samples=samples,
+            seed=seed,
+            choose=choose,
+        )
+
+    runs = sample(overhead_s)
+    shift = sample(overhead_s + overhead_error_s).mean - runs.mean if overhead_error_s else 0.0
     spans = runs.makespans
     spread = statistics.stdev(spans) if len(spans) > 1 else 0.0
     work = statistics.fmean(m.expected_tokens() for m in models)
     return OptionPrediction(
         makespan_s=runs.mean,
-        mean_interval=mean_interval(spans, repetitions, seed=seed),
+        mean_interval=mean_interval(spans, repetitions, seed=seed, centre_sd=abs(shift)),
         run_interval=run_interval(spans),
         repetitions=repetitions,
         standard_error_s=spread / len(spans) ** 0.5,
+        overhead_error_s=abs(shift),
         work_tokens=round(work),
         coordination_tokens=round(runs.coordination_tokens),
         attempts=runs.attempts,
@@ -385,6 +413,7 @@ def plan(
             architecture=arch,
             scheduling=sched,
             overhead_s=cost[arch].at(len(on)),
+            overhead_error_s=cost[arch].error_at(len(on)),
             repetitions=repetitions,
             samples=samples,
             seed=seed,
