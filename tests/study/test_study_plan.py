@@ -23,6 +23,7 @@ from lmteams.errors import ConfigError
 from lmteams.study import (
     Overhead,
     Plan,
+    PlanOption,
     chain_plus_free,
     choose_option,
     device_rate,
@@ -234,3 +235,39 @@ def test_overhead_is_linear_between_calibrated_team_sizes() -> None:
     four = rising.options[-1]
     assert four.makespan_s == pytest.approx(5 * (3.0 + 3.0))  # five 3 s calls per agent
     assert rising.options[0].makespan_s == pytest.approx(20 * 3.0)
+
+
+def test_an_overheads_error_widens_the_interval_of_the_mean() -> None:
+    """An overhead measured on few runs is off by its standard error, and a mean of many
+    real runs cannot come closer to the prediction than that: the plan shifts the overhead
+    by it on the same draws and counts the shift in ``mean_interval``, not in the mean."""
+    cost = Overhead(sizes=(1, 4), seconds=(1.0, 2.0), errors=(0.0, 0.5))
+    assert [cost.error_at(n) for n in (1, 2, 4, 8)] == pytest.approx([0, 1 / 6, 0.5, 0.5])
+    assert Overhead.flat(1.0).error_at(3) == 0.0
+    with pytest.raises(ConfigError, match="errors"):
+        Overhead(sizes=(1, 4), seconds=(1.0, 2.0), errors=(0.1,))
+    with pytest.raises(ConfigError, match="errors"):
+        Overhead(sizes=(1,), seconds=(1.0,), errors=(float("nan"),))
+    graph = shipped_graph("fully-parallel-20")
+
+    def options(overhead: Overhead) -> list[PlanOption]:
+        return list(
+            plan(
+                graph, ["paper-resample"], max_agents=4, architectures=("decentralized",),
+                overheads={"decentralized": overhead}, repetitions=40, samples=200,
+            ).options
+        )  # fmt: skip
+
+    known = options(Overhead(sizes=(1, 4), seconds=(1.0, 2.0)))
+    uncertain = options(cost)
+    for k, u in zip(known, uncertain, strict=True):
+        assert u.makespan_s == k.makespan_s
+        width = u.prediction.mean_interval.high - u.prediction.mean_interval.low
+        known_width = k.prediction.mean_interval.high - k.prediction.mean_interval.low
+        if u.n_agents == 1:
+            assert u.prediction.overhead_error_s == 0.0
+            assert width == known_width
+        else:
+            # about 20 / n subtasks an agent, each one error slower
+            assert u.prediction.overhead_error_s > 0.5 * cost.error_at(u.n_agents) * 20 / u.n_agents
+            assert width > known_width
