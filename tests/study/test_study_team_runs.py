@@ -303,3 +303,14 @@ async def test_overheads_calibrate_only_the_architectures_asked(bus: Bus) -> Non
     assert list(one) == ["decentralized"]
     assert one["decentralized"].sizes == (1, 2)
     assert all(math.isfinite(x) and x >= 0.0 for x in one["decentralized"].seconds)
+    assert one["decentralized"].errors == (0.0, 0.0)  # one repeat: no spread to go by
+
+
+async def test_calibrated_overheads_carry_their_standard_error(bus: Bus) -> None:
+    """Repeated calibration runs differ (the bus, the scheduler, the load), so the figure
+    the plan gets is uncertain, and says by how much."""
+    graph = chain_plus_free("calibrated", 2, 2, work_tokens=50)
+    async with open_team(bus, ["steady"], 2, graph=graph, time_scale=0.01) as team:
+        cost = await calibrate_overheads(team, [2], repeats=3, architectures=["decentralized"])
+    (error,) = cost["decentralized"].errors
+    assert 0.0 < error < math.inf

@@ -81,6 +81,8 @@ _CLAIM_COST = 2.0
 centralized overhead: a KV create and notes."""
 
 _TIE = 1e-9
+_MEDIAN_ERROR = math.sqrt(math.pi / 2)
+"""A median's standard error over a mean's, for normal samples."""
 
 
 class OptionPrediction(msgspec.Struct, frozen=True, kw_only=True):
@@ -497,6 +499,23 @@ async def calibrate_overhead(
     of a typical one (``work_tokens``): the engine's cost per subtask is not quite fixed,
     and the calls' lengths set how busy the machine is when it pays it.
     """
+    gaps = await _calibration_gaps(
+        team, architecture=architecture, agents=agents, tasks=tasks,
+        work_tokens=work_tokens, repeats=repeats,
+    )  # fmt: skip
+    return max(0.0, statistics.median(gaps))
+
+
+async def _calibration_gaps(
+    team: StudyTeam,
+    *,
+    architecture: str,
+    agents: int,
+    tasks: int,
+    work_tokens: int = DEFAULT_WORK_TOKENS,
+    repeats: int,
+) -> list[float]:
+    """Each calibration run's engine gap per subtask of its busiest agent."""
     if architecture not in ARCHITECTURES:
         raise ConfigError(f"calibrate on an architecture: {', '.join(ARCHITECTURES)}")
     if not 1 <= agents <= len(team.members) or tasks < 1 or repeats < 1:
@@ -512,7 +531,7 @@ async def calibrate_overhead(
         run = await run_team(team, graph, agents, architecture=architecture)
         busiest = max((a.tasks for a in run.agents), default=tasks) or tasks
         gaps.append((run.makespan_s - run.replayed_s) / busiest)
-    return max(0.0, statistics.median(gaps))
+    return gaps
 
 
 async def calibrate_overheads(
@@ -527,17 +546,26 @@ async def calibrate_overheads(
     of six on one agent, ``lane`` subtasks per agent on more (about what a 20-subtask graph
     gives each of eight agents: with many more ready at once, claims race more than in the
     graphs planned, and the overhead reads high). One architecture at a time lets a long
-    measurement calibrate right before and after each of its blocks, as the load drifts."""
+    measurement calibrate right before and after each of its blocks, as the load drifts.
+    Each figure carries the standard error of its median (about 1.25 sd / sqrt(repeats);
+    none from one repeat), which the plan counts in its interval of the mean."""
     wanted = tuple(sorted({n for n in sizes if 1 <= n <= len(team.members)} or {1}))
     out = {}
     for arch in architectures:
-        seconds = [
-            await calibrate_overhead(
+        gaps = [
+            await _calibration_gaps(
                 team, architecture=arch, agents=n, tasks=6 if n == 1 else lane, repeats=repeats
             )
             for n in wanted
         ]
-        out[arch] = Overhead(sizes=wanted, seconds=tuple(seconds))
+        out[arch] = Overhead(
+            sizes=wanted,
+            seconds=tuple(max(0.0, statistics.median(g)) for g in gaps),
+            errors=tuple(
+                _MEDIAN_ERROR * statistics.stdev(g) / math.sqrt(len(g)) if len(g) > 1 else 0.0
+                for g in gaps
+            ),
+        )
     return out
 
 
