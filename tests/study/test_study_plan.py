@@ -7,6 +7,7 @@ rather than count the CPU alone as the baseline (which printed 10.8x for two age
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import statistics
@@ -137,6 +138,20 @@ def test_objectives_pick_by_their_own_measure() -> None:
 def test_plan_refuses_an_empty_option_list() -> None:
     with pytest.raises(ConfigError, match="at least one architecture"):
         plan(shipped_graph("mixed-p05"), ["cpu-x86"], architectures=())
+
+
+def test_plan_table_gives_each_overhead_its_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    out = io.StringIO()
+    monkeypatch.setattr(plan_cli, "_out", Console(file=out, width=1000))
+    measured = Overhead(sizes=(1, 2), seconds=(1.0, 2.0), errors=(0.1, 0.25))
+    chosen = plan(
+        shipped_graph("fully-parallel-20"), ["steady"], max_agents=2, samples=5,
+        overheads={"decentralized": measured},
+    )  # fmt: skip
+    plan_cli._print(chosen, None)
+    title = out.getvalue()
+    assert "decentralized 1.00±0.10s at n=1, 2.00±0.25s at n=2" in title
+    assert "centralized-greedy 0.00s at n=1;" in title  # a figure given exactly has none
 
 
 def test_plan_cli_names_its_baseline(monkeypatch: pytest.MonkeyPatch) -> None:

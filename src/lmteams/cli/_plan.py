@@ -108,7 +108,11 @@ def _print(chosen: Plan, check: Verification | None) -> None:
     one = chosen.baseline_device
     k = chosen.repetitions
     overheads = "; ".join(
-        f"{a} " + ", ".join(f"{x:.2f}s at n={n}" for n, x in zip(o.sizes, o.seconds, strict=True))
+        f"{a} "
+        + ", ".join(
+            f"{x:.2f}" + (f"±{o.error_at(n):.2f}" if o.errors else "") + f"s at n={n}"
+            for n, x in zip(o.sizes, o.seconds, strict=True)
+        )
         for a, o in chosen.overheads.items()
     )
     table = Table(
