@@ -149,6 +149,12 @@ class RunMetrics(msgspec.Struct, frozen=True, kw_only=True):
     error: str = ""
     """Why a failed run failed."""
 
+    @property
+    def engine_gap_s(self) -> float:
+        """Modelled seconds the engine added beyond its calls: the makespan over the replay
+        of the same calls with nothing between them (what an overhead calibrates on)."""
+        return self.makespan_s - self.replayed_s
+
 
 async def bus_traffic(monitor_url: str | None) -> BusTraffic:
     """The server's counters now, or zeros when there is no monitor to ask."""

@@ -530,7 +530,7 @@ async def _calibration_gaps(
     for _ in range(repeats):
         run = await run_team(team, graph, agents, architecture=architecture)
         busiest = max((a.tasks for a in run.agents), default=tasks) or tasks
-        gaps.append((run.makespan_s - run.replayed_s) / busiest)
+        gaps.append(run.engine_gap_s / busiest)
     return gaps
 
 
