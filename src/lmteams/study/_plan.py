@@ -503,7 +503,14 @@ async def calibrate_overhead(
         team, architecture=architecture, agents=agents, tasks=tasks,
         work_tokens=work_tokens, repeats=repeats,
     )  # fmt: skip
-    return max(0.0, statistics.median(gaps))
+    return _figure(gaps)[0]
+
+
+def _figure(gaps: Sequence[float]) -> tuple[float, float]:
+    """A calibration's overhead per subtask (the gaps' median, never < 0) and its standard
+    error (about 1.25 sd / sqrt(repeats); none from one repeat)."""
+    error = _MEDIAN_ERROR * statistics.stdev(gaps) / math.sqrt(len(gaps)) if len(gaps) > 1 else 0.0
+    return max(0.0, statistics.median(gaps)), error
 
 
 async def _calibration_gaps(
@@ -547,24 +554,24 @@ async def calibrate_overheads(
     gives each of eight agents: with many more ready at once, claims race more than in the
     graphs planned, and the overhead reads high). One architecture at a time lets a long
     measurement calibrate right before and after each of its blocks, as the load drifts.
-    Each figure carries the standard error of its median (about 1.25 sd / sqrt(repeats);
-    none from one repeat), which the plan counts in its interval of the mean."""
+    Each figure carries the standard error of its median, which the plan counts in its
+    interval of the mean."""
     wanted = tuple(sorted({n for n in sizes if 1 <= n <= len(team.members)} or {1}))
     out = {}
     for arch in architectures:
-        gaps = [
-            await _calibration_gaps(
-                team, architecture=arch, agents=n, tasks=6 if n == 1 else lane, repeats=repeats
+        figures = [
+            _figure(
+                await _calibration_gaps(
+                    team, architecture=arch, agents=n, tasks=6 if n == 1 else lane,
+                    repeats=repeats,
+                )
             )
             for n in wanted
-        ]
+        ]  # fmt: skip
         out[arch] = Overhead(
             sizes=wanted,
-            seconds=tuple(max(0.0, statistics.median(g)) for g in gaps),
-            errors=tuple(
-                _MEDIAN_ERROR * statistics.stdev(g) / math.sqrt(len(g)) if len(g) > 1 else 0.0
-                for g in gaps
-            ),
+            seconds=tuple(x for x, _ in figures),
+            errors=tuple(e for _, e in figures),
         )
     return out
 
