@@ -35,7 +35,10 @@ async def test_agent_gossips_its_facts_and_key_and_leaves_when_stopped(bus: Bus)
             actor_id="w1",
             roles=("worker",),
         )
-        await wait_until(lambda: _state(observer, "w1") == "alive", timeout=15)
+        # the observer shows a gossiped key only once it has read the binding, a moment later
+        await wait_until(
+            lambda: _state(observer, "w1") == "alive" and observer.public_key("w1"), timeout=15
+        )
         seen = observer.member("w1")
         assert seen is not None and seen.available
         facts = seen.facts
