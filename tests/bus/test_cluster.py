@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import anyio
 import msgspec
 
@@ -113,3 +115,30 @@ async def test_leaf_node_reaches_hub_services_and_jetstream() -> None:
         finally:
             await leaf.stop()
             leaf.cleanup()
+
+
+async def test_a_route_port_taken_before_the_start_rebuilds_the_cluster_on_fresh_ports(
+    log_events: list[dict[str, object]],
+) -> None:
+    """Every node's route list names every other node's route port, so when another process
+    takes one between the pick and the start, no node can move alone: the cluster is built
+    again on fresh ports, forms, and replicates."""
+    cluster = LocalCluster(3, name="squat")
+    victim = cluster.servers[1].config.cluster
+    assert victim is not None
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as squatter:
+        squatter.bind(("127.0.0.1", victim.port))
+        squatter.listen()
+        try:
+            await cluster.start()
+            routes = [s.config.cluster.port for s in cluster.servers if s.config.cluster]
+            assert victim.port not in routes and all(s.running for s in cluster.servers)
+            assert [e for e in log_events if e["event"] == "nats.cluster_port_taken"]
+            async with open_bus(cluster.url, name="probe") as bus:
+                s = Subjects("squat")
+                await ensure_team_streams(bus, s, StreamSettings(replicas=3))  # needs all 3
+                ack = await publish_durable(bus, s.tasks, Note(n=1), msg_id="n-1", timeout=10)
+                assert ack.seq == 1
+        finally:
+            await cluster.stop()
+            cluster.cleanup()

@@ -14,11 +14,20 @@ from pathlib import Path
 
 import anyio
 import msgspec
+import structlog
 
-from lmteams.bus._server import ClusterConfig, EmbeddedServer, ServerConfig, free_port
-from lmteams.errors import ConfigError
+from lmteams.bus._server import (
+    PORT_ATTEMPTS,
+    ClusterConfig,
+    EmbeddedServer,
+    ServerConfig,
+    free_port,
+)
+from lmteams.errors import ConfigError, PortInUseError
 
 __all__ = ("LocalCluster", "run_cluster", "leaf_node_config")
+
+log = structlog.get_logger(__name__)
 
 
 class LocalCluster:
@@ -43,27 +52,35 @@ class LocalCluster:
                 f"client ports {port}..{port + size - 1} of a {size}-node cluster "
                 "are not all between 1 and 65535"
             )
+        self._size, self._name, self._host, self._port = size, name, host, port
+        self._sync_interval = sync_interval
+        self._owns_base = base_dir is None  # a caller's stores are kept, whatever happens
         self._base = Path(base_dir or tempfile.mkdtemp(prefix="lmteams-cluster-"))
-        route_ports = [free_port(host) for _ in range(size)]
+        self.servers = self._nodes()
+
+    def _nodes(self) -> list[EmbeddedServer]:
+        """Nodes on fresh route ports, each routed to all the others."""
+        host, port, name = self._host, self._port, self._name
+        route_ports = [free_port(host) for _ in range(self._size)]
         routes = tuple(f"nats-route://{host}:{p}" for p in route_ports)
-        self.servers = [
+        return [
             EmbeddedServer(
                 ServerConfig(
                     host=host,
                     port=port + i if port else 0,
                     name=f"{name}-n{i}",
                     store_dir=str(self._base / f"n{i}"),
-                    sync_interval=sync_interval,
+                    sync_interval=self._sync_interval,
                     cluster=ClusterConfig(
                         name=name,
                         port=route_ports[i],
                         routes=tuple(r for j, r in enumerate(routes) if j != i),
                     )
-                    if size > 1
+                    if self._size > 1
                     else None,
                 )
             )
-            for i in range(size)
+            for i in range(self._size)
         ]
 
     @property
@@ -76,7 +93,30 @@ class LocalCluster:
         return ",".join(self.urls)
 
     async def start(self) -> None:
-        """Start every node at once: JetStream's meta group forms only when a quorum is up."""
+        """Start every node at once: JetStream's meta group forms only when a quorum is up.
+
+        A node's route port is in every other node's route list, so a node cannot pick a
+        new one alone when another process took it first: the whole cluster is stopped and
+        built again on fresh ports (client ports the caller gave are kept). A cluster that
+        has served once keeps its ports, which its clients know.
+        """
+        for attempt in range(PORT_ATTEMPTS):
+            try:
+                await self._start_nodes()
+            except* PortInUseError:
+                served = any(server.has_run for server in self.servers)
+                if attempt + 1 == PORT_ATTEMPTS or served:
+                    raise
+                log.warning("nats.cluster_port_taken", cluster=self._name, attempt=attempt + 1)
+                await self.stop()
+                if self._owns_base:  # a stale meta group slows the next forming by seconds
+                    for server in self.servers:
+                        shutil.rmtree(server.store_dir, ignore_errors=True)
+                self.servers = self._nodes()
+            else:
+                return
+
+    async def _start_nodes(self) -> None:
         async with anyio.create_task_group() as tg:
             for server in self.servers:
                 tg.start_soon(server.start)

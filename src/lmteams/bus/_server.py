@@ -40,7 +40,7 @@ log = structlog.get_logger(__name__)
 
 _READY_TIMEOUT = 20.0
 _STOP_TIMEOUT = 10.0
-_PORT_ATTEMPTS = 3
+PORT_ATTEMPTS = 3  # tries at ports lmteams picked, when another process takes one first
 
 
 class ClusterConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -175,6 +175,11 @@ class EmbeddedServer:
         return self._proc.pid if self._proc else None
 
     @property
+    def has_run(self) -> bool:
+        """Whether it has been ready once: from then on its ports are known to clients."""
+        return self._has_run
+
+    @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.returncode is None
 
@@ -221,11 +226,11 @@ class EmbeddedServer:
         it; then, and only for ports lmteams chose, it picks fresh ones and tries again. A
         restart keeps its ports (clients reconnect to them), so it does not retry.
         """
-        for attempt in range(_PORT_ATTEMPTS):
+        for attempt in range(PORT_ATTEMPTS):
             try:
                 await self._start_once(timeout)
             except PortInUseError:
-                last = attempt + 1 == _PORT_ATTEMPTS
+                last = attempt + 1 == PORT_ATTEMPTS
                 if last or self._has_run or not self._ports_chosen_here():
                     raise
                 self._log.warning("nats.port_taken", attempt=attempt + 1)
