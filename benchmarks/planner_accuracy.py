@@ -96,7 +96,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import random
 import statistics
 import sys
@@ -124,6 +123,7 @@ from lmteams.study import (
     run_team,
     sample_makespans,
     shipped_graphs,
+    standard_error,
 )
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -215,7 +215,7 @@ class _Planner:
         in it), and its standard error: the mean gap's, over the same slope."""
         gaps = [r.engine_gap_s for r in runs]
         gap = statistics.fmean(gaps)
-        error = statistics.stdev(gaps) / math.sqrt(len(gaps)) if len(gaps) > 1 else 0.0
+        error = standard_error(gaps)
         n = runs[0].n_agents
         slope = self._slope(arch, n, 1.0)
         if gap <= 0 or slope <= 0:

@@ -23,6 +23,7 @@ from lmteams.study._stats import (
     bootstrap_ratio,
     condition_of,
     faults_label,
+    standard_error,
     sweep_stats,
     t_quantile,
     with_pooled_speedups,
@@ -95,6 +96,12 @@ def test_one_run_on_a_side_gives_no_interval_rather_than_a_zero_width_one() -> N
     assert cell.speedup == pytest.approx(10 / 5.5)
     assert (cell.ci_low, cell.ci_high) is not None and cell.ci_low is None
     assert bootstrap_ratio([1.0, 2.0], [1.0], rng=random.Random(0)) is None
+
+
+def test_standard_error_is_scipys_sem_and_zero_without_a_spread() -> None:
+    values = [random.Random(3).lognormvariate(0, 0.5) for _ in range(12)]
+    assert standard_error(values) == pytest.approx(float(scipy_stats.sem(values)))
+    assert standard_error([4.2]) == 0.0 and standard_error([]) == 0.0
 
 
 def test_the_interval_widens_to_a_t_intervals_width_for_few_runs() -> None:

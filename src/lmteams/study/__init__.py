@@ -123,6 +123,7 @@ from lmteams.study._stats import (
     TestResult,
     bootstrap_ratio,
     pooled_baselines,
+    standard_error,
     sweep_stats,
 )
 from lmteams.study._team import (
@@ -144,6 +145,7 @@ __all__ = (
     "FaultSetting",
     "bootstrap_ratio",
     "pooled_baselines",
+    "standard_error",
     "sweep_stats",
     "speedup_figure",
     "cost_figure",

@@ -54,6 +54,7 @@ from lmteams.study._predict import amdahl_speedup, makespan_lower_bound
 from lmteams.study._profiles import DeviceRate
 from lmteams.study._run import ARCHITECTURES, SCHEDULINGS, run_team
 from lmteams.study._schedule import simulate_schedule
+from lmteams.study._stats import standard_error
 from lmteams.study._team import StudyTeam, describe_rate, open_team
 
 __all__ = (
@@ -285,14 +286,13 @@ def predict_option(
     runs = sample(overhead_s)
     shift = sample(overhead_s + overhead_error_s).mean - runs.mean if overhead_error_s else 0.0
     spans = runs.makespans
-    spread = statistics.stdev(spans) if len(spans) > 1 else 0.0
     work = statistics.fmean(m.expected_tokens() for m in models)
     return OptionPrediction(
         makespan_s=runs.mean,
         mean_interval=mean_interval(spans, repetitions, seed=seed, centre_sd=abs(shift)),
         run_interval=run_interval(spans),
         repetitions=repetitions,
-        standard_error_s=spread / len(spans) ** 0.5,
+        standard_error_s=standard_error(spans),
         overhead_error_s=abs(shift),
         work_tokens=round(work),
         coordination_tokens=round(runs.coordination_tokens),
@@ -509,8 +509,7 @@ async def calibrate_overhead(
 def _figure(gaps: Sequence[float]) -> tuple[float, float]:
     """A calibration's overhead per subtask (the gaps' median, never < 0) and its standard
     error (about 1.25 sd / sqrt(repeats); none from one repeat)."""
-    error = _MEDIAN_ERROR * statistics.stdev(gaps) / math.sqrt(len(gaps)) if len(gaps) > 1 else 0.0
-    return max(0.0, statistics.median(gaps)), error
+    return max(0.0, statistics.median(gaps)), _MEDIAN_ERROR * standard_error(gaps)
 
 
 async def _calibration_gaps(

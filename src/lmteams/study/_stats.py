@@ -60,6 +60,7 @@ __all__ = (
     "condition_of",
     "faults_label",
     "pooled_baselines",
+    "standard_error",
     "sweep_stats",
     "t_quantile",
     "with_pooled_speedups",
@@ -190,6 +191,11 @@ def _percentile(ordered: Sequence[float], q: float) -> float:
     low = int(pos)
     high = min(low + 1, len(ordered) - 1)
     return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
+
+
+def standard_error(values: Sequence[float]) -> float:
+    """Of the mean of ``values``; 0 from fewer than two, which have no spread to go by."""
+    return statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0
 
 
 def t_quantile(q: float, df: int) -> float:
